@@ -1,0 +1,289 @@
+"""MNIST from IDX files, and the tf.data pipelines that pair each image with a number.
+
+Every example the model sees is
+
+    ({"image": float32 [28, 28, 1] in [0, 1], "number": float32 one-hot [10]},
+     {"digit": int32 0-9, "sum": int32 0-18})
+
+Randomness is a pure function of `(seed, epoch)`: the training order, the numbers and
+the augmentation of epoch `e` are the same whether the run went straight through or
+was resumed after a crash, and the validation/test numbers never change for a seed.
+"""
+
+import gzip
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_adder.cli import KerasAdderError
+
+DATA_ENV_VAR = "KERAS_ADDER_DATA"
+VALIDATION_SIZE = 5_000
+NUM_DIGITS = 10
+NUM_SUMS = 19
+
+# The four files MNIST ships, with what their IDX headers must say.
+MNIST_FILES = {
+    "train_images": ("train-images-idx3-ubyte", 2051, 60_000),
+    "train_labels": ("train-labels-idx1-ubyte", 2049, 60_000),
+    "test_images": ("t10k-images-idx3-ubyte", 2051, 10_000),
+    "test_labels": ("t10k-labels-idx1-ubyte", 2049, 10_000),
+}
+IDX_UNSIGNED_BYTE = 0x08
+
+# Separate streams of the stateless RNG, so that e.g. the test numbers do not depend
+# on how many epochs were trained.
+_TRAIN_STREAM, _VALIDATION_STREAM, _TEST_STREAM = 1, 2, 3
+
+
+# --- Reading IDX files ----------------------------------------------------------------
+
+
+def _read_bytes(path):
+    """The file's content, gunzipped when it is gzip (by its magic bytes, not its name)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise KerasAdderError(f"{path}: cannot read ({error.strerror})") from None
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (OSError, EOFError, zlib.error) as error:
+        raise KerasAdderError(f"{path}: corrupt or truncated gzip ({error})") from None
+
+
+def read_idx(path, expected_magic=None):
+    """Read one IDX file (gzipped or not) into a uint8 array, checking its header.
+
+    The header is 2 zero bytes, a type byte (0x08 = unsigned byte), the number of
+    dimensions, then one big-endian uint32 per dimension. The file length must match.
+    Raises KerasAdderError naming the file and the problem.
+    """
+    path = Path(path)
+    data = _read_bytes(path)
+    if len(data) < 4:
+        raise KerasAdderError(f"{path}: too short to be an IDX file ({len(data)} bytes)")
+    magic = int.from_bytes(data[:4], "big")
+    if data[:2] != b"\x00\x00" or data[2] != IDX_UNSIGNED_BYTE:
+        raise KerasAdderError(
+            f"{path}: not an unsigned-byte IDX file (magic number 0x{magic:08x})"
+        )
+    if expected_magic is not None and magic != expected_magic:
+        raise KerasAdderError(
+            f"{path}: wrong IDX magic number {magic} (expected {expected_magic})"
+        )
+    ndim = data[3]
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise KerasAdderError(f"{path}: truncated IDX header")
+    shape = tuple(
+        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+    )
+    expected_size = header_size + int(np.prod(shape, dtype=np.int64))
+    if len(data) != expected_size:
+        raise KerasAdderError(
+            f"{path}: file length {len(data)} bytes does not match its header "
+            f"(shape {shape} needs {expected_size} bytes)"
+        )
+    return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
+
+
+def _find_idx_file(data_dir, name):
+    for candidate in (data_dir / name, data_dir / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    raise KerasAdderError(f"{data_dir}: missing MNIST file {name} (or {name}.gz)")
+
+
+def load_mnist_dir(data_dir):
+    """Read and validate the four MNIST IDX files in `data_dir`.
+
+    Returns ((train_images, train_labels), (test_images, test_labels)) as uint8
+    arrays of shapes [60000, 28, 28], [60000], [10000, 28, 28], [10000].
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise KerasAdderError(f"data directory {data_dir} does not exist")
+    arrays = {}
+    for key, (name, magic, count) in MNIST_FILES.items():
+        path = _find_idx_file(data_dir, name)
+        array = read_idx(path, expected_magic=magic)
+        if len(array) != count:
+            raise KerasAdderError(f"{path}: holds {len(array)} items, MNIST has {count}")
+        if key.endswith("images") and array.shape[1:] != (28, 28):
+            raise KerasAdderError(f"{path}: images are {array.shape[1:]}, expected 28x28")
+        if key.endswith("labels") and array.max(initial=0) >= NUM_DIGITS:
+            raise KerasAdderError(
+                f"{path}: label {int(array.max())} is out of range (labels are 0-9)"
+            )
+        arrays[key] = array
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise KerasAdderError(
+                f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels"
+            )
+    return (
+        (arrays["train_images"], arrays["train_labels"]),
+        (arrays["test_images"], arrays["test_labels"]),
+    )
+
+
+def resolve_data_dir(data_dir=None):
+    """The MNIST folder: the given one, else $KERAS_ADDER_DATA, else None (download)."""
+    chosen = data_dir or os.environ.get(DATA_ENV_VAR) or None
+    return Path(chosen) if chosen else None
+
+
+def load_mnist(data_dir=None):
+    """MNIST from `data_dir` / $KERAS_ADDER_DATA, or from Keras' download cache."""
+    folder = resolve_data_dir(data_dir)
+    if folder is not None:
+        return load_mnist_dir(folder)
+    import keras
+
+    try:
+        return keras.datasets.mnist.load_data()
+    except Exception as error:  # no internet, proxy, corrupt cache: all end here
+        raise KerasAdderError(
+            f"could not download MNIST ({error}); pass --data-dir or set "
+            f"{DATA_ENV_VAR} to a folder with the four IDX files"
+        ) from None
+
+
+def split_validation(images, labels, size=VALIDATION_SIZE):
+    """Hold out the last `size` training examples for model selection."""
+    return (images[:-size], labels[:-size]), (images[-size:], labels[-size:])
+
+
+# --- Turning (images, digits, numbers) into model examples ----------------------------
+
+
+def model_inputs(images, numbers):
+    """Raw uint8 images [N, 28, 28] and int numbers [N] → the model's input dict.
+
+    Shared by the training pipeline and the exported serving signature, so a client
+    that sends raw pixels gets exactly the preprocessing the model was trained with.
+    """
+    return {
+        "image": tf.cast(images, tf.float32)[..., tf.newaxis] / 255.0,
+        "number": tf.one_hot(numbers, NUM_DIGITS, dtype=tf.float32),
+    }
+
+
+def model_targets(digits, numbers):
+    digits = tf.cast(digits, tf.int32)
+    return {"digit": digits, "sum": digits + tf.cast(numbers, tf.int32)}
+
+
+def paired_numbers(count, seed, stream=_TEST_STREAM):
+    """The fixed numbers 0-9 paired with an evaluation set (same seed, same numbers)."""
+    return tf.random.stateless_uniform(
+        [count], seed=[seed, stream], minval=0, maxval=NUM_DIGITS, dtype=tf.int32
+    )
+
+
+def _random_affine(count, seed, max_shift, max_degrees, max_zoom):
+    """Per-image affine transforms [count, 8] (output → input pixel) about the centre."""
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    angle = tf.random.stateless_uniform([count], seeds[0], -1.0, 1.0) * (
+        max_degrees * np.pi / 180
+    )
+    zoom = 1.0 + tf.random.stateless_uniform([count], seeds[1], -1.0, 1.0) * max_zoom
+    shift = tf.random.stateless_uniform([count, 2], seeds[2], -1.0, 1.0) * max_shift
+    cos, sin = tf.cos(angle) / zoom, tf.sin(angle) / zoom
+    centre = 13.5
+    # input = R(-angle)/zoom · (output - centre - shift) + centre
+    ox = centre + shift[:, 0]
+    oy = centre + shift[:, 1]
+    a2 = centre - cos * ox - sin * oy
+    b2 = centre + sin * ox - cos * oy
+    zero = tf.zeros_like(cos)
+    return tf.stack([cos, sin, a2, -sin, cos, b2, zero, zero], axis=1)
+
+
+def augment_images(images, seed, max_shift=2.0, max_degrees=10.0, max_zoom=0.1):
+    """Small random shifts, rotations and zooms of float images [N, 28, 28, 1]."""
+    import keras
+
+    transforms = _random_affine(tf.shape(images)[0], seed, max_shift, max_degrees, max_zoom)
+    return keras.ops.image.affine_transform(
+        images, transforms, interpolation="bilinear", fill_mode="constant"
+    )
+
+
+def steps_per_epoch(count, batch_size):
+    return -(-count // batch_size)
+
+
+def train_dataset(images, labels, *, batch_size, seed, epochs, start_epoch=0, augment=True):
+    """Training batches for epochs `start_epoch .. epochs-1`, one after the other.
+
+    Each epoch draws a fresh order, fresh numbers and fresh augmentation from the
+    stateless RNG keyed by (seed, epoch), so a resumed run sees exactly the batches an
+    uninterrupted one would. Use with `steps_per_epoch(len(images), batch_size)`.
+    """
+    images = tf.constant(images)
+    labels = tf.constant(labels)
+    count = len(labels)
+
+    def one_epoch(epoch):
+        order_seed, numbers_seed, augment_seed = tf.unstack(
+            tf.random.experimental.stateless_split(
+                tf.random.experimental.stateless_fold_in([seed, _TRAIN_STREAM], epoch), 3
+            )
+        )
+        order = tf.argsort(tf.random.stateless_uniform([count], order_seed))
+        numbers = tf.random.stateless_uniform(
+            [count], numbers_seed, minval=0, maxval=NUM_DIGITS, dtype=tf.int32
+        )
+        batches = tf.data.Dataset.from_tensor_slices((order, numbers)).batch(batch_size)
+
+        def to_examples(batch_index, batch):
+            indices, batch_numbers = batch
+            inputs = model_inputs(tf.gather(images, indices), batch_numbers)
+            if augment:
+                batch_seed = tf.random.experimental.stateless_fold_in(
+                    augment_seed, batch_index
+                )
+                inputs["image"] = augment_images(inputs["image"], batch_seed)
+            return inputs, model_targets(tf.gather(labels, indices), batch_numbers)
+
+        return batches.enumerate().map(to_examples, num_parallel_calls=tf.data.AUTOTUNE)
+
+    dataset = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
+    return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
+
+
+def eval_dataset(images, labels, *, batch_size, seed, stream=_TEST_STREAM):
+    """Fixed evaluation batches: the same numbers for the same seed, cached."""
+    numbers = paired_numbers(len(labels), seed, stream)
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((images, labels, numbers))
+        .batch(batch_size)
+        .map(
+            lambda x, y, n: (model_inputs(x, n), model_targets(y, n)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
+        .cache()
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    return _with_options(dataset)
+
+
+def validation_dataset(images, labels, *, batch_size, seed):
+    return eval_dataset(images, labels, batch_size=batch_size, seed=seed, stream=_VALIDATION_STREAM)
+
+
+def _with_options(dataset):
+    options = tf.data.Options()
+    # Datasets built from in-memory tensors have no files to shard: split by batch.
+    options.experimental_distribute.auto_shard_policy = (
+        tf.data.experimental.AutoShardPolicy.DATA
+    )
+    options.deterministic = True
+    return dataset.with_options(options)

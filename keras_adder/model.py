@@ -1,0 +1,100 @@
+"""The two architectures, as Keras functional models with the same interface.
+
+Inputs:  "image"  float32 [N, 28, 28, 1] in [0, 1];  "number" float32 one-hot [N, 10].
+Outputs: "digit"  softmax [N, 10];                  "sum"    softmax [N, 19].
+"""
+
+import keras
+from keras import layers
+
+from keras_adder.cli import KerasAdderError
+from keras_adder.data import NUM_DIGITS, NUM_SUMS
+
+
+def _inputs():
+    return (
+        keras.Input(shape=(28, 28, 1), name="image"),
+        keras.Input(shape=(NUM_DIGITS,), name="number"),
+    )
+
+
+def build_reference():
+    """The original PyTorch design, layer for layer: 6,384,925 trainable parameters.
+
+    Seven 3x3 convolutions end in 10 values per image (1x1 spatially). Their softmax
+    is the digit; the raw 10 values, concatenated with the one-hot number, feed a
+    small MLP that predicts the sum.
+    """
+    image, number = _inputs()
+    x = image
+    x = layers.Conv2D(32, 3, padding="same", activation="relu", name="conv1")(x)
+    x = layers.Conv2D(64, 3, padding="same", activation="relu", name="conv2")(x)
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = layers.Conv2D(128, 3, padding="same", activation="relu", name="conv3")(x)
+    x = layers.Conv2D(256, 3, padding="same", activation="relu", name="conv4")(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    x = layers.Conv2D(512, 3, activation="relu", name="conv5")(x)
+    x = layers.Conv2D(1024, 3, activation="relu", name="conv6")(x)
+    x = layers.Conv2D(NUM_DIGITS, 3, name="conv7")(x)
+    digit_logits = layers.Flatten(name="digit_logits")(x)
+    digit = layers.Softmax(name="digit")(digit_logits)
+
+    x = layers.Concatenate(name="logits_and_number")([digit_logits, number])
+    x = layers.Dense(128, activation="relu", name="sum_hidden")(x)
+    x = layers.Dense(NUM_SUMS, name="sum_logits")(x)
+    total = layers.Softmax(name="sum")(x)
+    return keras.Model({"image": image, "number": number}, {"digit": digit, "sum": total},
+                       name="reference")
+
+
+def _conv_bn_relu(x, filters, name, padding="same"):
+    # No bias: the BatchNorm that follows has its own shift.
+    x = layers.Conv2D(filters, 3, padding=padding, use_bias=False, name=name)(x)
+    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def build_compact():
+    """A small, fast network (~28 k parameters) that beats the reference.
+
+    Image trunk: five BatchNorm'd 3x3 convolutions, narrow at full resolution where
+    they are expensive, global average pooling, then a 10-way softmax for the digit.
+
+    Sum head: the outer product of the digit logits and the one-hot number puts the
+    image's 10 digit scores into the slot of the given number (100 values); one
+    trained Dense layer maps that to the 19 sum logits. For each number, "shift the
+    digit scores by the number" is a linear map, so the head can learn addition
+    exactly from data, and it is as confident as the digit head.
+    """
+    image, number = _inputs()
+    x = _conv_bn_relu(image, 16, "conv1")
+    x = _conv_bn_relu(x, 16, "conv2")
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = _conv_bn_relu(x, 32, "conv3")
+    x = _conv_bn_relu(x, 32, "conv4")
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    x = _conv_bn_relu(x, 32, "conv5", padding="valid")
+    x = layers.GlobalAveragePooling2D(name="gap")(x)
+    digit_logits = layers.Dense(NUM_DIGITS, name="digit_logits")(x)
+    digit = layers.Softmax(name="digit")(digit_logits)
+
+    digit_column = layers.Reshape((NUM_DIGITS, 1), name="digit_column")(digit_logits)
+    number_row = layers.Reshape((1, NUM_DIGITS), name="number_row")(number)
+    pairs = layers.Multiply(name="digit_number_pairs")([digit_column, number_row])
+    pairs = layers.Flatten(name="pairs_flat")(pairs)
+    x = layers.Dense(NUM_SUMS, name="sum_logits")(pairs)
+    total = layers.Softmax(name="sum")(x)
+    return keras.Model({"image": image, "number": number}, {"digit": digit, "sum": total},
+                       name="compact")
+
+
+ARCHITECTURES = {"compact": build_compact, "reference": build_reference}
+
+
+def build_model(arch="compact"):
+    """A fresh, uncompiled model of the named architecture."""
+    if arch not in ARCHITECTURES:
+        raise KerasAdderError(
+            f"unknown architecture {arch!r} (choose from {', '.join(ARCHITECTURES)})"
+        )
+    return ARCHITECTURES[arch]()
