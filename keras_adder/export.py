@@ -7,8 +7,10 @@ The `serving_default` signature takes raw inputs and does the preprocessing itse
     outputs: digit int32 [N], sum int32 [N],
              digit_probabilities float32 [N, 10], sum_probabilities float32 [N, 19]
 
-A number outside 0-9 or a length mismatch between image and number fails the call
-with InvalidArgument (HTTP 400 in TF Serving); an empty batch gives empty outputs.
+A number outside 0-9, a length mismatch between image and number, or a tensor of the
+wrong shape fails the call with InvalidArgument (HTTP 400 in TF Serving) whose message
+says what is wrong; a wrong dtype is refused by the signature; an empty batch gives
+empty outputs.
 
 Versions are integers under the base path, the layout TF Serving polls. A version is
 written into a hidden temporary sibling, loaded back and checked against the Keras
@@ -27,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_adder.cli import KerasAdderError
-from keras_adder.data import NUM_DIGITS, model_inputs
+from keras_adder.data import NUM_DIGITS, NUM_SUMS, model_inputs
 
 SIGNATURE = "serving_default"
 
@@ -40,6 +42,20 @@ def existing_versions(base_dir):
     return sorted(int(p.name) for p in base_dir.iterdir() if p.is_dir() and p.name.isdigit())
 
 
+def free_version(export_dir, version=None):
+    """`version` if it is not taken under `export_dir` (else an error); by default the
+    next free one. Call it before training, so that a taken version fails early."""
+    versions = existing_versions(export_dir)
+    if version is None:
+        return (versions[-1] + 1) if versions else 1
+    if (Path(export_dir) / str(version)).exists():
+        raise KerasAdderError(
+            f"export version {Path(export_dir) / str(version)} already exists; "
+            "not overwriting it"
+        )
+    return version
+
+
 def make_serving_function(model):
     """The raw-input signature: validate, preprocess, run the model, name the outputs."""
 
@@ -50,6 +66,9 @@ def make_serving_function(model):
         ]
     )
     def serve(image, number):
+        # A server feeds tensors of any shape into a signature: enforce them in-graph.
+        image = tf.ensure_shape(image, [None, 28, 28])
+        number = tf.ensure_shape(number, [None])
         checks = [
             tf.debugging.assert_equal(
                 tf.shape(image)[0], tf.shape(number)[0],
@@ -62,10 +81,21 @@ def make_serving_function(model):
                 number, NUM_DIGITS, message="number must be an integer from 0 to 9"
             ),
         ]
-        with tf.control_dependencies(checks):
+
+        def predict():
             probabilities = model(model_inputs(image, number), training=False)
-        digit_probabilities = tf.cast(probabilities["digit"], tf.float32)
-        sum_probabilities = tf.cast(probabilities["sum"], tf.float32)
+            return (tf.cast(probabilities["digit"], tf.float32),
+                    tf.cast(probabilities["sum"], tf.float32))
+
+        def nothing():
+            return tf.zeros([0, NUM_DIGITS]), tf.zeros([0, NUM_SUMS])
+
+        with tf.control_dependencies(checks):
+            # TF's fused convolution + BatchNorm fails on an empty batch with a shape
+            # error, so an empty request skips the model.
+            digit_probabilities, sum_probabilities = tf.cond(
+                tf.shape(number)[0] > 0, predict, nothing
+            )
         return {
             "digit": tf.argmax(digit_probabilities, axis=-1, output_type=tf.int32),
             "sum": tf.argmax(sum_probabilities, axis=-1, output_type=tf.int32),
@@ -77,7 +107,8 @@ def make_serving_function(model):
 
 
 def _check_export(path, model, images, numbers):
-    """Load the written SavedModel and compare its answers with the Keras model's."""
+    """Load the written SavedModel; compare its answers with the Keras model's and
+    make sure its input checks work."""
     serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
     served = serve(image=tf.constant(images, tf.uint8), number=tf.constant(numbers, tf.int32))
     expected = model(model_inputs(images, numbers), training=False)
@@ -87,6 +118,14 @@ def _check_export(path, model, images, numbers):
             raise RuntimeError(f"exported {head} probabilities differ from the Keras model's")
         if not np.array_equal(served[head].numpy(), got.argmax(axis=-1)):
             raise RuntimeError(f"exported {head} classes disagree with their probabilities")
+    empty = serve(image=tf.zeros([0, 28, 28], tf.uint8), number=tf.zeros([0], tf.int32))
+    if any(value.shape[0] != 0 for value in empty.values()):
+        raise RuntimeError("exported signature does not answer an empty batch with nothing")
+    try:
+        serve(image=tf.zeros([1, 28, 28], tf.uint8), number=tf.constant([NUM_DIGITS]))
+    except tf.errors.InvalidArgumentError:
+        return
+    raise RuntimeError(f"exported signature accepts number {NUM_DIGITS}")
 
 
 def export_saved_model(model, export_dir, version=None, *, check_images):
@@ -99,12 +138,8 @@ def export_saved_model(model, export_dir, version=None, *, check_images):
     import keras
 
     export_dir = Path(export_dir)
-    versions = existing_versions(export_dir)
-    if version is None:
-        version = (versions[-1] + 1) if versions else 1
+    version = free_version(export_dir, version)
     final = export_dir / str(version)
-    if final.exists():
-        raise KerasAdderError(f"export version {final} already exists; not overwriting it")
     try:
         export_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -122,9 +157,10 @@ def export_saved_model(model, export_dir, version=None, *, check_images):
         # rename() refuses a non-empty target, so a version that appeared meanwhile
         # is not replaced either.
         staging.rename(final)
-    except Exception as error:
+    except BaseException as error:
+        # Also on Ctrl-C: no half-written directory is left behind.
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(error, KerasAdderError):
+        if isinstance(error, KerasAdderError) or not isinstance(error, Exception):
             raise
         raise KerasAdderError(f"export to {final} failed, nothing was written: {error}") from error
     return final
@@ -161,6 +197,7 @@ def main(argv=None):
     parser.add_argument("--data-dir", help="MNIST folder for the post-export check "
                         "(default: $KERAS_ADDER_DATA, else Keras' download)")
     args = parser.parse_args(argv)
+    free_version(args.export_dir, args.export_version)  # fail before the slow part
     model = load_keras_model(args.model)
     _, (test_images, _) = load_mnist(args.data_dir)
     path = export_saved_model(
