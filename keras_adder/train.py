@@ -14,6 +14,7 @@ import argparse
 import csv
 import json
 import os
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -33,20 +34,97 @@ EXPORT_DIR = "saved_models/keras_adder"
 RUNS_DIR = "runs"
 
 BACKUP_SUBDIR = "backup"
+CONFIG_FILE = "config.json"  # the settings a resumed run must share with the original
+STRATEGIES = ("auto", "mirrored", "multiworker")
+STRATEGY = "auto"
+DETERMINISTIC = True  # TF op determinism; its cost is measured in docs/reliability.md
 
 
-def choose_strategy():
-    """MirroredStrategy over all GPUs when there are several, else the default one."""
+def choose_strategy(name=STRATEGY):
+    """The tf.distribute strategy for `--strategy` (see STRATEGIES).
+
+    "auto" mirrors over all GPUs when there are several, else uses the default one;
+    "multiworker" reads the cluster from the TF_CONFIG environment variable. It must be
+    called before TensorFlow runs anything, as MultiWorkerMirroredStrategy requires.
+    """
     import tensorflow as tf
 
-    gpus = tf.config.list_logical_devices("GPU")
-    if len(gpus) > 1:
+    from keras_adder.cli import KerasAdderError
+
+    if name not in STRATEGIES:
+        raise KerasAdderError(f"unknown strategy {name!r} (choose from {', '.join(STRATEGIES)})")
+    if name == "multiworker":
+        from keras_adder.compat import patch_keras_for_multi_worker
+
+        _check_tf_config()
+        patch_keras_for_multi_worker()
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name == "mirrored" or len(tf.config.list_logical_devices("GPU")) > 1:
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
 
 
+def _check_tf_config():
+    """Fail with a clear message before TensorFlow misreads a bad TF_CONFIG."""
+    from keras_adder.cli import KerasAdderError
+
+    text = os.environ.get("TF_CONFIG")
+    if not text:
+        raise KerasAdderError("--strategy multiworker needs the TF_CONFIG environment "
+                              "variable (cluster and task of this worker; see --help)")
+    try:
+        config = json.loads(text)
+        workers = config["cluster"]["worker"]
+        task_type, task_index = config["task"]["type"], config["task"]["index"]
+    except (ValueError, TypeError, KeyError) as error:
+        raise KerasAdderError(f"TF_CONFIG is not a valid cluster description ({error!r}); "
+                              'expected {"cluster": {"worker": [...]}, '
+                              '"task": {"type": "worker", "index": N}}') from None
+    members = config["cluster"].get(task_type, [])
+    if not isinstance(task_index, int) or not 0 <= task_index < len(members):
+        raise KerasAdderError(f"TF_CONFIG task {task_type} {task_index} is not in its "
+                              f"cluster ({len(workers)} workers)")
+
+
+def is_chief(strategy):
+    """Whether this process writes the run's checkpoints, exports and metrics.
+
+    As in the TF multi-worker guide: the "chief" task, else worker 0, else (one machine)
+    the only process.
+    """
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    has_chief = "chief" in resolver.cluster_spec().as_dict()
+    return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
+
+
+def _agree(strategy, finished, start_epoch):
+    """All workers must take the same path: finished if any says so, one start epoch."""
+    import tensorflow as tf
+
+    from keras_adder.cli import KerasAdderError
+
+    if strategy.num_replicas_in_sync == 1 or not isinstance(
+        strategy, tf.distribute.MultiWorkerMirroredStrategy
+    ):
+        return finished, start_epoch
+    local = tf.constant([[int(finished), start_epoch]], tf.int64)
+    everyone = strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0).numpy()
+    finished, latest, earliest = everyone[:, 0].max(), everyone[:, 1].max(), everyone[:, 1].min()
+    if not finished and latest != earliest:
+        raise KerasAdderError(
+            f"the workers' backups are at different epochs ({earliest} to {latest}); "
+            f"a worker was stopped during a backup: start a new --run-dir"
+        )
+    return bool(finished), int(latest)
+
+
 def compile_model(model, *, learning_rate, total_steps, warmup_steps, weight_decay,
-                  digit_loss_weight=DIGIT_LOSS_WEIGHT, sum_loss_weight=SUM_LOSS_WEIGHT):
+                  digit_loss_weight=DIGIT_LOSS_WEIGHT, sum_loss_weight=SUM_LOSS_WEIGHT,
+                  jit_compile="auto"):
     """Sparse categorical cross-entropy and accuracy on each head; AdamW, warm-up + cosine."""
     import keras
 
@@ -64,6 +142,7 @@ def compile_model(model, *, learning_rate, total_steps, warmup_steps, weight_dec
         },
         loss_weights={"digit": digit_loss_weight, "sum": sum_loss_weight},
         metrics={"digit": ["accuracy"], "sum": ["accuracy"]},
+        jit_compile=jit_compile,
     )
     return model
 
@@ -116,7 +195,10 @@ def make_callbacks(run_dir, *, start_epoch, tensorboard):
         keras.callbacks.TerminateOnNaN(),
         best,
         keras.callbacks.CSVLogger(str(Path(run_dir) / "history.csv"), append=True),
-        keras.callbacks.BackupAndRestore(str(Path(run_dir) / BACKUP_SUBDIR)),
+        # Kept after the last epoch, so that a crash while testing or exporting resumes
+        # there; train() deletes it once metrics.json is written.
+        keras.callbacks.BackupAndRestore(str(Path(run_dir) / BACKUP_SUBDIR),
+                                         delete_checkpoint=False),
     ]
     if tensorboard:
         callbacks.append(keras.callbacks.TensorBoard(str(Path(run_dir) / "tensorboard")))
@@ -142,6 +224,19 @@ def default_run_dir():
     return Path(RUNS_DIR) / datetime.now().strftime("%Y%m%d-%H%M%S")
 
 
+def _check_writable(path, what):
+    """Fail before any work when `path` cannot be created or written (creates nothing)."""
+    from keras_adder.cli import KerasAdderError
+
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise KerasAdderError(f"cannot create {what} {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK):
+        raise KerasAdderError(f"{what} {path} is not writable")
+
+
 def _prepare_dir(path, what):
     from keras_adder.cli import KerasAdderError
 
@@ -153,44 +248,101 @@ def _prepare_dir(path, what):
         raise KerasAdderError(f"{what} {path} is not writable")
 
 
+def _check_same_config(run_dir, config):
+    """Refuse to resume a run with other settings (its backup and schedule would not fit)."""
+    from keras_adder.cli import KerasAdderError
+
+    path = Path(run_dir) / CONFIG_FILE
+    if not path.exists():
+        return
+    saved = json.loads(path.read_text())
+    changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in config.items()
+               if saved.get(key) != value]
+    if changed:
+        raise KerasAdderError(
+            f"{run_dir} is a run started with other settings ({'; '.join(changed)}); "
+            f"resume it with the same ones or use a new --run-dir"
+        )
+
+
+def _write_atomically(path, text):
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text)
+    staging.replace(path)
+
+
 def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
           learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
           digit_loss_weight=DIGIT_LOSS_WEIGHT, sum_loss_weight=SUM_LOSS_WEIGHT,
-          augment=AUGMENT, seed=SEED, run_dir=None, export_dir=EXPORT_DIR,
-          export_version=None, tensorboard=False, verbose="auto"):
+          augment=AUGMENT, seed=SEED, train_examples=None, run_dir=None,
+          export_dir=EXPORT_DIR, export_version=None, tensorboard=False,
+          strategy=STRATEGY, deterministic=DETERMINISTIC, verbose="auto"):
     """Train, test and export; return the metrics dict also written to metrics.json.
 
     A run directory that already holds metrics.json is a finished run: nothing is
-    trained again and its metrics are returned.
+    trained again and its metrics are returned. Under --strategy multiworker every
+    worker runs this, but only the chief writes into `run_dir` and `export_dir`; the
+    others work in `run_dir/workertemp_<index>`, delete it at the end and return None.
     """
     import keras
+    import tensorflow as tf
 
+    from keras_adder.cli import KerasAdderError
     from keras_adder.data import (
         load_mnist, split_validation, steps_per_epoch, train_dataset, validation_dataset,
     )
     from keras_adder.export import export_saved_model
     from keras_adder.model import build_model
 
+    if strategy == "multiworker" and not run_dir:
+        raise KerasAdderError("--strategy multiworker needs --run-dir: every worker must "
+                              "name the same run (also to resume it)")
+    strategy = choose_strategy(strategy)  # before any TensorFlow op, see its docstring
     build_model(arch)  # an unknown arch fails here, before any data is read
     run_dir = Path(run_dir) if run_dir else default_run_dir()
     metrics_path = run_dir / "metrics.json"
-    if metrics_path.exists():
-        print(f"{run_dir} is a finished run (see {metrics_path}); not training again.")
-        return json.loads(metrics_path.read_text())
-    _prepare_dir(run_dir, "run directory")
-    _prepare_dir(Path(export_dir), "export directory")
+    chief = is_chief(strategy)
+    if not chief:
+        # The TF multi-worker guide's layout: the same work, into a private folder.
+        run_dir = run_dir / f"workertemp_{strategy.cluster_resolver.task_id}"
+        export_dir = run_dir / "export"
+    finished, start_epoch = _agree(strategy, metrics_path.exists(), completed_epochs(run_dir))
+    if finished:
+        print(f"{metrics_path.parent} is a finished run (see {metrics_path}); "
+              f"not training again.")
+        return json.loads(metrics_path.read_text()) if chief else None
+    export_dir = Path(export_dir)
+    _check_writable(run_dir, "run directory")
+    _check_writable(export_dir, "export directory")
+    if export_version is not None and (export_dir / str(export_version)).exists():
+        raise KerasAdderError(f"export version {export_dir / str(export_version)} already "
+                              f"exists; not overwriting it")
+    config = {"arch": arch, "epochs": epochs, "batch_size": batch_size,
+              "learning_rate": learning_rate, "weight_decay": weight_decay,
+              "digit_loss_weight": digit_loss_weight, "sum_loss_weight": sum_loss_weight,
+              "augment": augment, "seed": seed, "train_examples": train_examples}
 
     (train_images, train_labels), (test_images, test_labels) = load_mnist(data_dir)
     (fit_images, fit_labels), (val_images, val_labels) = split_validation(
         train_images, train_labels
     )
+    if train_examples is not None:
+        if train_examples > len(fit_labels):
+            raise KerasAdderError(f"--train-examples {train_examples} is more than the "
+                                  f"{len(fit_labels):,} training images")
+        fit_images, fit_labels = fit_images[:train_examples], fit_labels[:train_examples]
+    _check_same_config(run_dir, config)
+    _prepare_dir(run_dir, "run directory")
+    _prepare_dir(export_dir, "export directory")
+    if not (run_dir / CONFIG_FILE).exists():
+        _write_atomically(run_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
     keras.utils.set_random_seed(seed)
-    start_epoch = completed_epochs(run_dir)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
     if start_epoch:
         print(f"Resuming {run_dir} after epoch {start_epoch} of {epochs}.")
     steps = steps_per_epoch(len(fit_labels), batch_size)
 
-    strategy = choose_strategy()
     with strategy.scope():
         model = compile_model(
             build_model(arch),
@@ -202,17 +354,19 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
             sum_loss_weight=sum_loss_weight,
         )
     started = time.perf_counter()
-    model.fit(
-        train_dataset(fit_images, fit_labels, batch_size=batch_size, seed=seed,
-                      epochs=epochs, start_epoch=start_epoch, augment=augment),
-        validation_data=validation_dataset(val_images, val_labels,
-                                           batch_size=1024, seed=seed),
-        epochs=epochs,
-        steps_per_epoch=steps,
-        callbacks=make_callbacks(run_dir, start_epoch=start_epoch, tensorboard=tensorboard),
-        shuffle=False,  # the pipeline shuffles, per epoch, from the seed
-        verbose=verbose,
-    )
+    if start_epoch < epochs:
+        model.fit(
+            train_dataset(fit_images, fit_labels, batch_size=batch_size, seed=seed,
+                          epochs=epochs, start_epoch=start_epoch, augment=augment),
+            validation_data=validation_dataset(val_images, val_labels,
+                                               batch_size=1024, seed=seed),
+            epochs=epochs,
+            steps_per_epoch=steps,
+            callbacks=make_callbacks(run_dir, start_epoch=start_epoch,
+                                     tensorboard=tensorboard),
+            shuffle=False,  # the pipeline shuffles, per epoch, from the seed
+            verbose=verbose,
+        )
     train_seconds = time.perf_counter() - started
 
     best_model = keras.saving.load_model(run_dir / "best.keras")
@@ -221,6 +375,9 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
         best_model, export_dir, version=export_version,
         check_images=test_images[:64],
     )
+    if not chief:
+        shutil.rmtree(run_dir)
+        return None
     metrics = {
         "arch": arch,
         "params": best_model.count_params(),
@@ -229,13 +386,17 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
         "learning_rate": learning_rate,
         "seed": seed,
         "augment": augment,
+        "train_examples": len(fit_labels),
+        "deterministic": deterministic,
+        "replicas": strategy.num_replicas_in_sync,
         "train_seconds": round(train_seconds, 1),
         "test": test,
         "export_path": str(export_path),
         "keras_path": str(run_dir / "best.keras"),
         "history": str(run_dir / "history.csv"),
     }
-    metrics_path.write_text(json.dumps(metrics, indent=2) + "\n")
+    _write_atomically(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    shutil.rmtree(run_dir / BACKUP_SUBDIR, ignore_errors=True)
     print(
         f"\nTest (10,000 images, seed {seed}): digit accuracy {test['digit_accuracy']:.2%}, "
         f"sum accuracy {test['sum_accuracy']:.2%}\n"
@@ -277,6 +438,22 @@ def build_parser():
     parser.add_argument("--seed", type=int, default=SEED,
                         help=f"seed for weights, data order, numbers, augmentation "
                         f"(default: {SEED})")
+    parser.add_argument("--train-examples", type=positive_int, metavar="N",
+                        help="train on the first N of the 55,000 training images, for "
+                        "quick trials and tests (validation and test sets are unchanged)")
+    parser.add_argument("--deterministic", action=argparse.BooleanOptionalAction,
+                        default=DETERMINISTIC,
+                        help="TF op determinism: the same seed on the same machine gives "
+                        "the same history and test metrics (default: "
+                        f"{'on' if DETERMINISTIC else 'off'})")
+    parser.add_argument("--strategy", choices=STRATEGIES, default=STRATEGY,
+                        help="tf.distribute strategy: auto = MirroredStrategy over all "
+                        "GPUs when there are several, else one device; mirrored = "
+                        "MirroredStrategy; multiworker = MultiWorkerMirroredStrategy "
+                        "over the machines in the TF_CONFIG environment variable (start "
+                        "the same command on every machine, with the same --run-dir; "
+                        "only the chief writes checkpoints, exports and metrics) "
+                        f"(default: {STRATEGY})")
     parser.add_argument("--run-dir", help=f"where history, checkpoints and metrics go "
                         f"(default: {RUNS_DIR}/<timestamp>); reuse it to resume a run")
     parser.add_argument("--export-dir", default=EXPORT_DIR,
@@ -304,8 +481,10 @@ def main(argv=None):
         batch_size=args.batch_size, learning_rate=args.learning_rate,
         weight_decay=args.weight_decay, digit_loss_weight=args.digit_loss_weight,
         sum_loss_weight=args.sum_loss_weight, augment=args.augment, seed=args.seed,
-        run_dir=args.run_dir, export_dir=args.export_dir,
-        export_version=args.export_version, tensorboard=args.tensorboard,
+        train_examples=args.train_examples, run_dir=args.run_dir,
+        export_dir=args.export_dir, export_version=args.export_version,
+        tensorboard=args.tensorboard, strategy=args.strategy,
+        deterministic=args.deterministic,
     )
 
 
