@@ -1,0 +1,178 @@
+"""The pictures: training curves, confusion matrices, a prediction grid, the mistakes.
+
+Each function takes plain arrays (or a history.csv path), writes one PNG and returns
+its path, so training, `keras_adder.evaluate` and the notebook draw the same figures.
+Figures are drawn on matplotlib's Agg canvas without pyplot: nothing needs a display,
+and a notebook's own backend is left alone (show a written file with
+`IPython.display.Image(path)`).
+
+A PNG is written next to its final name and renamed into place, so a crash never
+leaves a half-written picture behind.
+"""
+
+import csv
+import os
+from pathlib import Path
+
+import numpy as np
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+
+from keras_adder.cli import KerasAdderError
+
+DPI = 100
+WRONG = "tab:red"
+HEADS = ("digit", "sum")
+
+
+def _save(figure, path):
+    path = Path(path)
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        figure.savefig(staging, dpi=DPI)
+        staging.replace(path)
+    except OSError as error:
+        staging.unlink(missing_ok=True)
+        raise KerasAdderError(f"cannot write picture {path} ({error.strerror})") from None
+    return path
+
+
+def read_history(history_csv):
+    """history.csv (Keras' CSVLogger) as {column: float array}, one value per epoch."""
+    path = Path(history_csv)
+    try:
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f))
+    except OSError as error:
+        raise KerasAdderError(f"cannot read training history {path} "
+                              f"({error.strerror})") from None
+    if not rows:
+        raise KerasAdderError(f"{path}: no epochs recorded")
+    try:
+        return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+    except (TypeError, ValueError):
+        raise KerasAdderError(f"{path}: not a Keras CSVLogger history "
+                              "(a row has a missing or non-numeric value)") from None
+
+
+def plot_training_curves(history_csv, path):
+    """Loss and accuracy of each head per epoch, training vs validation (2x2 panels)."""
+    history = read_history(history_csv)
+    needed = [f"{prefix}{head}_{metric}" for prefix in ("", "val_")
+              for head in HEADS for metric in ("loss", "accuracy")]
+    missing = [key for key in needed if key not in history]
+    if missing:
+        raise KerasAdderError(f"{history_csv}: no column(s) {', '.join(missing)}")
+    epochs = np.arange(1, len(history[needed[0]]) + 1)
+    figure = Figure(figsize=(10, 7), layout="constrained")
+    axes = figure.subplots(2, 2, sharex=True)
+    for row, head in enumerate(HEADS):
+        for column, metric in enumerate(("loss", "accuracy")):
+            ax = axes[row, column]
+            ax.plot(epochs, history[f"{head}_{metric}"], "o-", label="training")
+            ax.plot(epochs, history[f"val_{head}_{metric}"], "s-", label="validation")
+            ax.set_title(f"{head} {metric}")
+            ax.grid(alpha=0.3)
+            if metric == "loss":
+                # Losses fall by orders of magnitude; a log axis keeps late epochs readable.
+                ax.set_yscale("log")
+            ax.legend()
+    for ax in axes[1]:
+        ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    figure.suptitle("Training curves")
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix, path, *, name, title=None):
+    """Counts of (true, predicted) classes; rows are the truth. `name`: "digit" or "sum".
+
+    The colour scale is logarithmic so that a handful of mistakes still shows next to
+    thousands of correct answers; every non-zero cell is labelled with its count.
+    """
+    matrix = np.asarray(matrix)
+    classes = len(matrix)
+    figure = Figure(figsize=(4 + 0.35 * classes, 3.5 + 0.35 * classes), layout="constrained")
+    ax = figure.subplots()
+    shown = np.ma.masked_equal(matrix, 0)
+    image = ax.imshow(shown, cmap="Blues", norm=LogNorm(vmin=1, vmax=max(matrix.max(), 2)))
+    figure.colorbar(image, ax=ax, shrink=0.8, label="count")
+    threshold = np.sqrt(max(matrix.max(), 1))  # middle of the log scale
+    for (true, predicted), count in np.ndenumerate(matrix):
+        if count:
+            ax.text(predicted, true, str(count), ha="center", va="center",
+                    fontsize=7 if classes > 10 else 8,
+                    color="white" if count > threshold else "black")
+    ax.set_xticks(range(classes))
+    ax.set_yticks(range(classes))
+    ax.set_xlabel(f"predicted {name}")
+    ax.set_ylabel(f"true {name}")
+    total = int(matrix.sum())
+    correct = int(np.trace(matrix))
+    ax.set_title(title or f"{name} confusion matrix: {correct:,} of {total:,} right "
+                 f"({correct / max(total, 1):.2%})")
+    return _save(figure, path)
+
+
+def _image_axes(figure, count, columns):
+    rows = max(-(-count // columns), 1)
+    axes = np.atleast_1d(figure.subplots(rows, columns)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    return axes
+
+
+def _mark_wrong(ax):
+    # set_axis_off() hides the spines too, so frame the image with a rectangle.
+    ax.add_patch(Rectangle((-0.5, -0.5), 28, 28, fill=False, edgecolor=WRONG, linewidth=3))
+
+
+def plot_prediction_grid(images, numbers, digits, sums, labels, path, *, columns=8):
+    """Images with the number fed in and the predicted digit and sum; wrong ones in red.
+
+    images: uint8 [N, 28, 28]; numbers, digits (predicted), sums (predicted),
+    labels (true digits): int [N]. Each title reads "digit + number = sum" as the
+    model answered; a wrong answer gets a red frame and the true sum below.
+    """
+    count = len(images)
+    columns = min(columns, max(count, 1))
+    rows = max(-(-count // columns), 1)
+    figure = Figure(figsize=(1.5 * columns, 1.85 * rows), layout="constrained")
+    axes = _image_axes(figure, count, columns)
+    for ax, image, number, digit, total, label in zip(axes, images, numbers, digits, sums,
+                                                      labels):
+        wrong = digit != label or total != label + number
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+        title = f"{digit} + {number} = {total}"
+        if wrong:
+            title += f"\ntrue: {label} + {number} = {label + number}"
+            _mark_wrong(ax)
+        ax.set_title(title, fontsize=9, color=WRONG if wrong else "black")
+    wrong_count = int(np.sum((np.asarray(digits) != labels)
+                             | (np.asarray(sums) != np.asarray(labels) + numbers)))
+    figure.suptitle(f"Predictions (digit + number = sum): {wrong_count} of {count} wrong")
+    return _save(figure, path)
+
+
+def plot_misclassified(images, labels, predicted, indices, path, *, columns=10, limit=40):
+    """A gallery of misclassified digits: index in the split, true → predicted digit.
+
+    images, labels: the whole split; indices: the misclassified images' positions in
+    it; predicted: the digit predicted for each of them. Shows the first `limit`.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    shown = min(len(indices), limit)
+    columns = min(columns, max(shown, 1))
+    rows = max(-(-shown // columns), 1)
+    figure = Figure(figsize=(1.3 * columns, 1.55 * rows + 0.4), layout="constrained")
+    axes = _image_axes(figure, shown, columns)
+    for ax, index, guess in zip(axes, indices[:shown], predicted):
+        ax.imshow(images[index], cmap="gray_r", vmin=0, vmax=255)
+        ax.set_title(f"#{index}\n{labels[index]} → {guess}", fontsize=8, color=WRONG)
+    if not shown:
+        axes[0].text(0.5, 0.5, "no misclassified images", ha="center", va="center")
+    more = f" (first {shown} shown)" if shown < len(indices) else ""
+    figure.suptitle(f"Misclassified digits: {len(indices)}{more}; image index, "
+                    "true → predicted")
+    return _save(figure, path)
