@@ -72,14 +72,17 @@ def _check_tf_config():
     if not text:
         raise KerasAdderError("--strategy multiworker needs the TF_CONFIG environment "
                               "variable (cluster and task of this worker; see --help)")
+    expected = ('expected {"cluster": {"worker": ["host:port", ...]}, '
+                '"task": {"type": "worker", "index": N}}')
     try:
         config = json.loads(text)
+    except ValueError as error:
+        raise KerasAdderError(f"TF_CONFIG is not JSON ({error}); {expected}") from None
+    try:
         workers = config["cluster"]["worker"]
         task_type, task_index = config["task"]["type"], config["task"]["index"]
-    except (ValueError, TypeError, KeyError) as error:
-        raise KerasAdderError(f"TF_CONFIG is not a valid cluster description ({error!r}); "
-                              'expected {"cluster": {"worker": [...]}, '
-                              '"task": {"type": "worker", "index": N}}') from None
+    except (TypeError, KeyError) as error:
+        raise KerasAdderError(f"TF_CONFIG has no {error} entry; {expected}") from None
     members = config["cluster"].get(task_type, [])
     if not isinstance(task_index, int) or not 0 <= task_index < len(members):
         raise KerasAdderError(f"TF_CONFIG task {task_type} {task_index} is not in its "
@@ -291,7 +294,7 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     from keras_adder.data import (
         load_mnist, split_validation, steps_per_epoch, train_dataset, validation_dataset,
     )
-    from keras_adder.export import export_saved_model
+    from keras_adder.export import export_saved_model, free_version
     from keras_adder.model import build_model
 
     if strategy == "multiworker" and not run_dir:
@@ -314,9 +317,7 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     export_dir = Path(export_dir)
     _check_writable(run_dir, "run directory")
     _check_writable(export_dir, "export directory")
-    if export_version is not None and (export_dir / str(export_version)).exists():
-        raise KerasAdderError(f"export version {export_dir / str(export_version)} already "
-                              f"exists; not overwriting it")
+    free_version(export_dir, export_version)  # a taken version fails before training
     config = {"arch": arch, "epochs": epochs, "batch_size": batch_size,
               "learning_rate": learning_rate, "weight_decay": weight_decay,
               "digit_loss_weight": digit_loss_weight, "sum_loss_weight": sum_loss_weight,
@@ -378,6 +379,9 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     if not chief:
         shutil.rmtree(run_dir)
         return None
+    from keras_adder.evaluate import write_run_figures
+
+    write_run_figures(run_dir, best_model, test_images, test_labels, seed=seed)
     metrics = {
         "arch": arch,
         "params": best_model.count_params(),
