@@ -295,13 +295,13 @@ def evaluate(model_path, *, data_dir=None, split="test", limit=None, output_dir=
     {"digit", "sum"}: int32 [images, 10] predicted classes for image i with number n.
     `limit` keeps only the split's first images (a quick look, not the real figure).
     """
+    predict, kind, path = load_predictor(model_path)
     output_dir = Path(output_dir)
-    try:  # before the long part, so a bad --output-dir fails at once
+    try:  # before the long part, so that a bad --output-dir fails at once
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise KerasAdderError(f"cannot create output directory {output_dir} "
                               f"({error.strerror})") from None
-    predict, kind, path = load_predictor(model_path)
     images, labels = split_images(split, data_dir)
     images, labels = images[:limit], labels[:limit]
     image_index, numbers = exhaustive_pairs(len(labels))
