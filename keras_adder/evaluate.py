@@ -16,11 +16,13 @@ int32 numbers, exactly what TF Serving would get); a `.keras` file through
     consistency               share of pairs with predicted sum == predicted digit + number
     sum_accuracy_by_number    [10] sum accuracy of the pairs with number 0, 1, ... 9
     digit_accuracy_by_class   [10] digit accuracy of the pairs whose true digit is 0 ... 9
+                              (null for a class with no images, e.g. with --limit)
     digit_confusion           [10][10] pair counts, row = true digit, column = predicted
     sum_confusion             [19][19] pair counts, row = true sum, column = predicted
     misclassified_images      indices (into the split) of the images whose digit is
                               wrong with at least one number
     misclassified_as          for each of them, its most frequent wrong digit
+    seconds                   how long the predictions took
 
 and the pictures confusion_digit.png, confusion_sum.png, predictions.png and
 misclassified.png (see keras_adder.plots).
@@ -104,13 +106,12 @@ def serving_predictor(serve):
     return predict
 
 
-def resolve_model(path):
-    """("keras" | "saved_model", path): a .keras file, a SavedModel, or a base path.
-
-    A base path (a folder of numbered versions, as TF Serving reads it) means its
-    highest version.
-    """
-    from keras_adder.export import existing_versions
+def load_predictor(path):
+    """(predict, kind, resolved path) for a .keras file ("keras"), or a SavedModel
+    folder or base path of numbered versions, whose highest version is used
+    ("saved_model")."""
+    from keras_adder.export import SIGNATURE, load_keras_model
+    from keras_adder.predict import load_saved_model
 
     path = Path(path)
     if not path.exists():
@@ -118,40 +119,9 @@ def resolve_model(path):
     if path.is_file():
         if path.suffix != ".keras":
             raise KerasAdderError(f"model {path} is a file but not a .keras model")
-        return "keras", path
-    if (path / "saved_model.pb").is_file():
-        return "saved_model", path
-    versions = existing_versions(path)
-    if not versions:
-        raise KerasAdderError(
-            f"model {path} is neither a SavedModel (no saved_model.pb) nor a base path "
-            "with numbered versions"
-        )
-    version = path / str(versions[-1])
-    if not (version / "saved_model.pb").is_file():
-        raise KerasAdderError(f"newest version {version} holds no saved_model.pb")
-    return "saved_model", version
-
-
-def load_predictor(path):
-    """(predict, kind, resolved path) for a .keras file, SavedModel or base path."""
-    kind, path = resolve_model(path)
-    if kind == "keras":
-        from keras_adder.export import load_keras_model
-
-        return keras_predictor(load_keras_model(path)), kind, path
-    import tensorflow as tf
-
-    from keras_adder.export import SIGNATURE
-
-    try:
-        signatures = tf.saved_model.load(str(path)).signatures
-    except Exception as error:  # TF raises several types for a damaged SavedModel
-        raise KerasAdderError(f"{path}: cannot load the SavedModel ({error})") from None
-    if SIGNATURE not in signatures:
-        raise KerasAdderError(f"{path}: SavedModel has no {SIGNATURE!r} signature "
-                              f"(it has {', '.join(signatures) or 'none'})")
-    return serving_predictor(signatures[SIGNATURE]), kind, path
+        return keras_predictor(load_keras_model(path)), "keras", path
+    path, loaded = load_saved_model(path)
+    return serving_predictor(loaded.signatures[SIGNATURE]), "saved_model", path
 
 
 def exhaustive_pairs(count):
@@ -173,7 +143,8 @@ def confusion_matrix(true, predicted, classes):
 
 
 def _share(mask):
-    return float(np.mean(mask)) if np.size(mask) else 0.0
+    """The share of True values; None (null in JSON) when there are none at all."""
+    return float(np.mean(mask)) if np.size(mask) else None
 
 
 def summarize(labels, image_index, numbers, digit, total):
@@ -337,7 +308,10 @@ def _write_json(path, data):
 
 def format_report(summary):
     """A short human-readable report of an evaluation summary."""
-    percent = lambda values: "  ".join(f"{i}: {v:.2%}" for i, v in enumerate(values))
+    def percent(values):
+        return "  ".join(f"{i}: {'-' if v is None else f'{v:.2%}'}"
+                         for i, v in enumerate(values))
+
     return "\n".join([
         f"{summary['model']} ({summary['model_kind']}), {summary['split']} split: "
         f"{summary['images']:,} images x {NUM_DIGITS} numbers = {summary['pairs']:,} pairs",
