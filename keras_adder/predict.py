@@ -26,16 +26,17 @@ instead of predicting (see docs/serving.md).
 import argparse
 import json
 import os
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from keras_adder.cli import KerasAdderError
-from keras_adder.data import NUM_DIGITS
-from keras_adder.export import SIGNATURE, existing_versions
 
+# Importing TensorFlow writes log lines to stderr that no setting silences, so the
+# modules that need it are imported only after the user's input has been checked:
+# a bad file or number then gives exactly one line on stderr.
+MAX_NUMBER = 9  # keras_adder.data.NUM_DIGITS - 1 (a test keeps them in step)
 DEFAULT_MODEL = "saved_models/keras_adder"
 LIGHT_BACKGROUND = 127  # border mean above this: a dark digit on a light background
 MAX_SHOWN = 100  # the --show picture stays readable
@@ -45,7 +46,7 @@ BATCH_SIZE = 1024
 # --- Reading inputs --------------------------------------------------------------------
 
 
-def parse_integers(texts, what, low, high):
+def parse_integers(texts, what, low, high=None):
     """Command-line words → ints in [low, high], with one clear error for the first bad one."""
     values = []
     for text in texts:
@@ -53,8 +54,9 @@ def parse_integers(texts, what, low, high):
             value = int(text)
         except ValueError:
             raise KerasAdderError(f"{what} {text!r} is not an integer") from None
-        if not low <= value <= high:
-            raise KerasAdderError(f"{what} {value} is outside {low}-{high}")
+        if value < low or (high is not None and value > high):
+            allowed = f"outside {low}-{high}" if high is not None else f"below {low}"
+            raise KerasAdderError(f"{what} {value} is {allowed}")
         values.append(value)
     return values
 
@@ -112,38 +114,39 @@ def load_npy(path):
     return np.rint(array).astype(np.uint8)
 
 
-def load_images(files=(), mnist_indices=(), data_dir=None):
-    """Images from files and/or MNIST test indices.
-
-    Returns (sources, images uint8 [N, 28, 28], labels): one source name per image, and
-    the true digit of MNIST test images (None for files).
-    """
-    sources, batches, labels = [], [], []
+def load_files(files):
+    """Images from image files and .npy arrays: (sources, uint8 [N, 28, 28])."""
+    sources, batches = [], [np.zeros((0, 28, 28), np.uint8)]
     for name in files:
         path = Path(name)
         if path.suffix.lower() == ".npy":
             array = load_npy(path)
-            names = [f"{name}[{i}]" for i in range(len(array))] if len(array) > 1 else [name]
+            sources += [f"{name}[{i}]" for i in range(len(array))] if len(array) > 1 else [name]
         else:
-            array, names = load_image_file(path)[np.newaxis], [name]
-        sources += names
+            array = load_image_file(path)[np.newaxis]
+            sources.append(name)
         batches.append(array)
-        labels += [None] * len(array)
-    if mnist_indices:
-        from keras_adder.data import load_mnist
+    return sources, np.concatenate(batches)
 
-        _, (test_images, test_labels) = load_mnist(data_dir)
-        indices = parse_integers(mnist_indices, "MNIST test index", 0, len(test_images) - 1)
-        sources += [f"mnist-test[{i}]" for i in indices]
-        batches.append(test_images[indices])
-        labels += [int(test_labels[i]) for i in indices]
-    if not sources:
-        raise KerasAdderError("no images: give image/.npy files or --mnist-test-index")
-    return sources, np.concatenate(batches), labels
+
+def load_mnist_test_images(indices, data_dir=None):
+    """MNIST test images and labels at `indices`: (sources, uint8 [N, 28, 28], labels)."""
+    from keras_adder.data import load_mnist
+
+    _, (test_images, test_labels) = load_mnist(data_dir)
+    for i in indices:
+        if i >= len(test_images):
+            raise KerasAdderError(
+                f"MNIST test index {i} is outside 0-{len(test_images) - 1}"
+            )
+    return ([f"mnist-test[{i}]" for i in indices], test_images[list(indices)],
+            [int(test_labels[i]) for i in indices])
 
 
 def pair_numbers(numbers, count):
     """Numbers 0-9 → int32 [count]: one number for every image, or one per image."""
+    if count == 0:
+        raise KerasAdderError("no images: give image/.npy files or --mnist-test-index")
     numbers = list(numbers)
     if len(numbers) == 1:
         numbers = numbers * count
@@ -160,6 +163,8 @@ def pair_numbers(numbers, count):
 
 def resolve_saved_model(path):
     """A SavedModel directory, or a base path of versions → its highest version."""
+    from keras_adder.export import existing_versions
+
     path = Path(path)
     if (path / "saved_model.pb").is_file():
         return path
@@ -179,6 +184,8 @@ def load_saved_model(path):
     """(version path, loaded SavedModel) for a SavedModel dir or base path; checks the signature."""
     import tensorflow as tf
 
+    from keras_adder.export import SIGNATURE
+
     path = resolve_saved_model(path)
     try:
         loaded = tf.saved_model.load(str(path))
@@ -192,6 +199,8 @@ def load_saved_model(path):
 def run_signature(loaded, images, numbers, batch_size=BATCH_SIZE):
     """Call the serving signature of a loaded SavedModel in batches; numpy outputs."""
     import tensorflow as tf
+
+    from keras_adder.export import SIGNATURE
 
     serve = loaded.signatures[SIGNATURE]
     parts = []
@@ -321,10 +330,9 @@ def _dump_request(body):
 
 
 def write_request_examples(out_dir, images, numbers):
-    """Write `instances.json` (row form) and `inputs.json` (columnar) under `out_dir`."""
+    """Write `instances.json` (row form) and `inputs.json` (columnar) into the folder
+    `out_dir`; return their paths."""
     out_dir = Path(out_dir)
-    if not out_dir.is_dir():
-        raise KerasAdderError(f"--write-examples {out_dir}: folder does not exist")
     paths = []
     for name, body in zip(("instances.json", "inputs.json"), request_bodies(images, numbers)):
         path = out_dir / name
@@ -370,15 +378,24 @@ def build_parser():
 def main(argv=None):
     args = build_parser().parse_args(argv)
     # Everything the user gave is checked before anything is loaded or written.
-    numbers = parse_integers(args.number, "number", 0, NUM_DIGITS - 1)
-    sources, images, labels = load_images(args.images, args.mnist_test_index, args.data_dir)
-    numbers = pair_numbers(numbers, len(images))
+    numbers = parse_integers(args.number, "number", 0, MAX_NUMBER)
+    indices = parse_integers(args.mnist_test_index, "MNIST test index", 0)
+    if args.write_examples and not Path(args.write_examples).is_dir():
+        raise KerasAdderError(f"--write-examples {args.write_examples}: folder does not exist")
+    if args.show:
+        _check_picture_path(args.show)
+    sources, images = load_files(args.images)
+    numbers = pair_numbers(numbers, len(images) + len(indices))
+    labels = [None] * len(images)
+    if indices:
+        mnist_sources, mnist_images, mnist_labels = load_mnist_test_images(indices, args.data_dir)
+        sources += mnist_sources
+        images = np.concatenate([images, mnist_images])
+        labels += mnist_labels
     if args.write_examples:
         for path in write_request_examples(args.write_examples, images, numbers):
             print(f"wrote {path}")
         return None
-    if args.show:
-        _check_picture_path(args.show)
     model_path, loaded = load_saved_model(args.model)
     rows = prediction_rows(sources, numbers, labels, run_signature(loaded, images, numbers))
     if args.show:
