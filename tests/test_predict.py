@@ -1,0 +1,232 @@
+"""`python -m keras_adder.predict`: images in, the exported model's answers out."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from keras_adder import predict
+from keras_adder.cli import run
+from keras_adder.data import NUM_DIGITS, model_inputs
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def predict_json(capsys, *argv):
+    rows = predict.main([*argv, "--json"])
+    output = json.loads(capsys.readouterr().out)
+    assert output["predictions"] == rows
+    return output
+
+
+def test_max_number_matches_the_model():
+    assert predict.MAX_NUMBER == NUM_DIGITS - 1
+
+
+def test_mnist_test_images_match_the_keras_model(trained_run, trained_model, mnist, capsys):
+    _, (test_images, test_labels) = mnist
+    indices = list(range(100, 130))
+    numbers = [i * 3 % 10 for i in indices]
+    base = Path(trained_run["export_path"]).parent  # a base path: the highest version
+    output = predict_json(capsys, "--model", str(base),
+                          "--mnist-test-index", *map(str, indices),
+                          "--number", *map(str, numbers))
+    assert output["model"] == trained_run["export_path"]
+    rows = output["predictions"]
+    expected = trained_model.predict(model_inputs(test_images[indices], np.array(numbers)),
+                                     verbose=0)
+    assert [row["source"] for row in rows] == [f"mnist-test[{i}]" for i in indices]
+    assert [row["number"] for row in rows] == numbers
+    assert [row["label"] for row in rows] == test_labels[indices].tolist()
+    assert [row["digit"] for row in rows] == expected["digit"].argmax(axis=1).tolist()
+    assert [row["sum"] for row in rows] == expected["sum"].argmax(axis=1).tolist()
+    np.testing.assert_allclose([row["digit_probability"] for row in rows],
+                               expected["digit"].max(axis=1), atol=1e-5)
+    np.testing.assert_allclose([row["sum_probability"] for row in rows],
+                               expected["sum"].max(axis=1), atol=1e-5)
+    right = [row["digit"] == row["label"] and row["sum"] == row["label"] + row["number"]
+             for row in rows]
+    assert np.mean(right) >= 0.9
+
+
+def test_highest_version_is_numeric_not_alphabetical(trained_run, tmp_path, capsys):
+    (tmp_path / "2").symlink_to(trained_run["export_path"])
+    (tmp_path / "10").symlink_to(trained_run["export_path"])
+    (tmp_path / ".staging-11-123").mkdir()  # an export in progress is not a version
+    output = predict_json(capsys, "--model", str(tmp_path), "--mnist-test-index", "0",
+                          "--number", "1")
+    assert output["model"] == str(tmp_path / "10")
+
+
+def test_table_has_a_row_per_image(trained_run, mnist, tmp_path, capsys):
+    _, (test_images, test_labels) = mnist
+    np.save(tmp_path / "three.npy", test_images[:3])
+    predict.main(["--model", trained_run["export_path"], str(tmp_path / "three.npy"),
+                  "--number", "4"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"model: {trained_run['export_path']}"
+    assert lines[1].split() == ["image", "number", "digit", "p(digit)", "sum", "p(sum)"]
+    assert len(lines) == 5
+    for i, line in enumerate(lines[2:]):
+        cells = line.split()
+        assert cells[0] == f"{tmp_path / 'three.npy'}[{i}]"
+        assert cells[1] == "4"
+        assert 0 <= int(cells[2]) <= 9 and 0 <= int(cells[4]) <= 18
+        assert 0 < float(cells[3]) <= 1 and 0 < float(cells[5]) <= 1
+
+
+# --- Image files -----------------------------------------------------------------------
+
+
+def write_picture(path, mnist_image, *, dark_on_light, scale=4, mode="L", size=None):
+    """An MNIST digit as a bigger picture file, the way a person might draw or scan it."""
+    pixels = 255 - mnist_image if dark_on_light else mnist_image
+    picture = Image.fromarray(pixels).resize((28 * scale, 28 * scale), Image.Resampling.NEAREST)
+    if size:  # a non-square canvas, the digit in its middle
+        canvas = Image.new("L", size, 255 if dark_on_light else 0)
+        canvas.paste(picture, ((size[0] - picture.width) // 2, (size[1] - picture.height) // 2))
+        picture = canvas
+    picture.convert(mode).save(path)
+    return path
+
+
+@pytest.mark.parametrize("name, options", [
+    ("light_on_dark.png", dict(dark_on_light=False)),
+    ("dark_on_light.png", dict(dark_on_light=True)),
+    ("dark_on_light_rgb.jpg", dict(dark_on_light=True, mode="RGB")),
+    ("wide.png", dict(dark_on_light=True, size=(168, 112))),
+])
+def test_image_files_become_mnist_like(mnist, tmp_path, name, options):
+    _, (test_images, _) = mnist
+    original = test_images[7]
+    loaded = predict.load_image_file(write_picture(tmp_path / name, original, **options))
+    assert loaded.dtype == np.uint8 and loaded.shape == (28, 28)
+    if "size" in options:  # padded and scaled: the digit is smaller, still light on dark
+        assert loaded[0].max() < 40 and loaded.max() > 200
+    else:
+        assert np.abs(loaded.astype(int) - original).mean() < 8  # JPEG and resampling
+
+
+def test_transparent_background_counts_as_white(mnist, tmp_path):
+    _, (test_images, _) = mnist
+    digit = test_images[7]
+    rgba = np.zeros((28, 28, 4), np.uint8)  # black ink, alpha = ink; elsewhere transparent
+    rgba[..., 3] = digit
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "ink.png")
+    loaded = predict.load_image_file(tmp_path / "ink.png")
+    assert np.abs(loaded.astype(int) - digit).mean() < 2
+
+
+def test_pictures_and_arrays_get_the_right_digits(trained_run, mnist, tmp_path, capsys):
+    _, (test_images, test_labels) = mnist
+    files = [str(write_picture(tmp_path / "a.png", test_images[0], dark_on_light=True)),
+             str(write_picture(tmp_path / "b.jpg", test_images[1], dark_on_light=False,
+                               mode="RGB"))]
+    np.save(tmp_path / "one.npy", test_images[2])
+    np.save(tmp_path / "two.npy", test_images[3:5].astype(np.float64))
+    files += [str(tmp_path / "one.npy"), str(tmp_path / "two.npy")]
+    rows = predict_json(capsys, *files, "--number", "1", "2", "3", "4", "5",
+                        "--model", trained_run["export_path"])["predictions"]
+    assert [row["source"] for row in rows] == [
+        files[0], files[1], files[2], f"{files[3]}[0]", f"{files[3]}[1]"]
+    assert [row["digit"] for row in rows] == test_labels[:5].tolist()
+    assert [row["sum"] for row in rows] == (test_labels[:5] + [1, 2, 3, 4, 5]).tolist()
+    assert all("label" not in row for row in rows)
+
+
+def test_show_draws_the_inputs_with_predictions(trained_run, tmp_path, capsys):
+    predict.main(["--model", trained_run["export_path"], "--mnist-test-index", "0", "1", "2",
+                  "--number", "5", "--show", str(tmp_path / "out.png")])
+    with Image.open(tmp_path / "out.png") as picture:
+        assert picture.format == "PNG" and picture.width > 200
+    assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary left
+
+
+# --- Bad input: one line on stderr, exit 2, nothing written -----------------------------
+
+
+def _files(tmp):
+    write_picture(tmp / "digit.png", np.eye(28, dtype=np.uint8) * 255, dark_on_light=False)
+    (tmp / "notes.png").write_text("not a picture\n")
+    (tmp / "cut.png").write_bytes((tmp / "digit.png").read_bytes()[:60])
+    np.save(tmp / "flat.npy", np.zeros(784, np.uint8))
+    np.save(tmp / "rgb.npy", np.zeros((2, 28, 28, 3), np.uint8))
+    np.save(tmp / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    np.save(tmp / "nan.npy", np.full((28, 28), np.nan))
+    (tmp / "text.npy").write_text("0 0 0\n")
+    (tmp / "folder.png").mkdir()
+
+
+BAD_INPUTS = {
+    "missing file": (["gone.png", "--number", "3"], "gone.png: no such file"),
+    "a folder": (["folder.png", "--number", "3"], "folder.png: not a file"),
+    "not an image": (["notes.png", "--number", "3"],
+                     "notes.png: not an image (Pillow cannot identify it)"),
+    "truncated image": (["cut.png", "--number", "3"], "cut.png: unreadable image"),
+    "npy of shape [784]": (["flat.npy", "--number", "3"],
+                           "flat.npy: array shape (784,) is not [28, 28] or [N, 28, 28]"),
+    "npy of shape [2,28,28,3]": (["rgb.npy", "--number", "3"],
+                                 "array shape (2, 28, 28, 3) is not [28, 28] or [N, 28, 28]"),
+    "npy of objects": (["objects.npy", "--number", "3"], "objects.npy: not a readable .npy"),
+    "npy of NaN": (["nan.npy", "--number", "3"], "nan.npy: values must be 0-255"),
+    "text named .npy": (["text.npy", "--number", "3"], "text.npy: not a readable .npy array"),
+    "number 10": (["digit.png", "--number", "10"], "number 10 is outside 0-9"),
+    "number -1": (["digit.png", "--number=-1"], "number -1 is outside 0-9"),
+    "number 'seven'": (["digit.png", "--number", "seven"], "number 'seven' is not an integer"),
+    "2 numbers for 1 image": (["digit.png", "--number", "3", "4"],
+                              "1 image(s) but 2 numbers: give one number for all images "
+                              "or one per image"),
+    "3 numbers for 2 images": (["digit.png", "--mnist-test-index", "4", "--number", "1", "2",
+                                "3"], "2 image(s) but 3 numbers"),
+    "no images": (["--number", "3"], "no images: give image/.npy files or --mnist-test-index"),
+    "MNIST index 10000": (["--mnist-test-index", "10000", "--number", "3"],
+                          "MNIST test index 10000 is outside 0-9999"),
+    "MNIST index -1": (["--mnist-test-index", "-1", "--number", "3"],
+                       "MNIST test index -1 is below 0"),
+    "--show in a missing folder": (["digit.png", "--number", "3", "--show", "no/out.png"],
+                                   "--show no/out.png: folder no does not exist"),
+    "--show of an unknown type": (["digit.png", "--number", "3", "--show", "out.xyz"],
+                                  "--show out.xyz: unknown picture type '.xyz'"),
+    "--model with no SavedModel": (["digit.png", "--number", "3", "--model", "."],
+                                   ".: no SavedModel there"),
+    "--model version without saved_model.pb": (
+        ["digit.png", "--number", "3", "--model", "base"], "highest version has no"),
+    "--write-examples to a missing folder": (
+        ["digit.png", "--number", "3", "--write-examples", "nowhere"],
+        "--write-examples nowhere: folder does not exist"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_nothing_written(
+    name, tmp_path, data_dir, monkeypatch, capsys
+):
+    argv, expected = BAD_INPUTS[name]
+    _files(tmp_path)
+    (tmp_path / "base" / "4").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(SystemExit) as exit_info:
+        run(predict.main, [*argv, "--data-dir", str(data_dir), "--show", "picture.png"]
+            if "--show" not in argv else [*argv, "--data-dir", str(data_dir)])
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.count("\n") == 1 and captured.err.startswith("error: ")
+    assert expected in captured.err
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # no picture, no temp
+
+
+def test_cli_process_prints_exactly_one_line_for_a_bad_file(tmp_path):
+    """No TensorFlow start-up noise before the error: input is checked before TF loads."""
+    result = subprocess.run(
+        [sys.executable, "-m", "keras_adder.predict", "gone.png", "--number", "3"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr == "error: gone.png: no such file\n"
