@@ -1,0 +1,105 @@
+"""More than one machine: two MultiWorkerMirroredStrategy workers on 127.0.0.1, CPU only.
+
+Both workers run the same `python -m keras_adder.train --strategy multiworker`
+command with their own TF_CONFIG. They must both finish; only the chief (worker 0)
+leaves files: the run directory and a SavedModel that loads and answers. This also
+proves keras_adder/compat.py: without it keras 3.15.1's `model.fit` fails here.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+WORKERS = 2
+TIMEOUT_S = 600
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def run_workers(root):
+    """Start every worker, wait for all; [(returncode, output)] in worker order."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(WORKERS)]}
+    command = [
+        sys.executable, "-m", "keras_adder.train", "--strategy", "multiworker",
+        "--epochs", "2", "--train-examples", "1024",
+        "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
+    ]
+    processes = []
+    try:
+        for index in range(WORKERS):
+            tf_config = {"cluster": cluster, "task": {"type": "worker", "index": index}}
+            env = dict(os.environ, TF_CONFIG=json.dumps(tf_config), CUDA_VISIBLE_DEVICES="-1")
+            log = (root / f"worker{index}.log").open("w+")
+            processes.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                               env=env), log))
+        deadline = time.monotonic() + TIMEOUT_S
+        for process, _ in processes:
+            process.wait(timeout=max(deadline - time.monotonic(), 1))
+    finally:
+        for process, _ in processes:  # a worker left waiting for its peer
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    results = []
+    for process, log in processes:
+        log.seek(0)
+        results.append((process.returncode, log.read()))
+        log.close()
+    return results
+
+
+@pytest.fixture(scope="module")
+def cluster_run(tmp_path_factory, data_dir):
+    root = tmp_path_factory.mktemp("multiworker")
+    return root, run_workers(root)
+
+
+def test_two_workers_train_and_only_the_chief_writes(cluster_run):
+    root, results = cluster_run
+    for index, (returncode, output) in enumerate(results):
+        assert returncode == 0, f"worker {index}:\n{output[-4000:]}"
+    metrics = json.loads((root / "run" / "metrics.json").read_text())
+    assert metrics["replicas"] == WORKERS
+    assert [p.name for p in (root / "export").iterdir()] == ["1"]
+    # The non-chief worker's checkpoint, history and export went to a deleted temp dir.
+    assert not list((root / "run").glob("workertemp_*"))
+    assert "SavedModel:" in results[0][1] and "SavedModel:" not in results[1][1]
+
+
+def test_chief_export_is_a_valid_saved_model(cluster_run, mnist):
+    import tensorflow as tf
+
+    root = cluster_run[0]
+    serve = tf.saved_model.load(str(root / "export" / "1")).signatures["serving_default"]
+    (_, _), (test_images, _) = mnist
+    numbers = np.arange(8, dtype=np.int32)
+    outputs = serve(image=tf.constant(test_images[:8]), number=tf.constant(numbers))
+    assert outputs["digit"].shape == (8,) and outputs["sum"].shape == (8,)
+    np.testing.assert_allclose(outputs["sum_probabilities"].numpy().sum(axis=1), 1, atol=1e-5)
+
+
+def test_finished_cluster_run_is_not_trained_again(cluster_run):
+    root = cluster_run[0]
+    metrics = (root / "run" / "metrics.json").read_bytes()
+    for returncode, output in run_workers(root):
+        assert returncode == 0, output[-4000:]
+        assert "is a finished run" in output and "Epoch 1/" not in output
+    assert (root / "run" / "metrics.json").read_bytes() == metrics
+    assert [p.name for p in (root / "export").iterdir()] == ["1"]
