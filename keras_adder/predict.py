@@ -79,7 +79,8 @@ def load_image_file(path):
             image = ImageOps.exif_transpose(opened).convert("RGBA")
     except UnidentifiedImageError:
         raise KerasAdderError(f"{path}: not an image (Pillow cannot identify it)") from None
-    except (OSError, ValueError, SyntaxError) as error:  # truncated or corrupt data
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        # Truncated or corrupt data, or a picture too big to be a digit.
         raise KerasAdderError(f"{path}: unreadable image ({error})") from None
     # Transparent pixels would otherwise show whatever colour they happen to store.
     white = Image.new("RGBA", image.size, (255, 255, 255, 255))
@@ -121,7 +122,7 @@ def load_files(files):
         path = Path(name)
         if path.suffix.lower() == ".npy":
             array = load_npy(path)
-            sources += [f"{name}[{i}]" for i in range(len(array))] if len(array) > 1 else [name]
+            sources += [name] if len(array) == 1 else [f"{name}[{i}]" for i in range(len(array))]
         else:
             array = load_image_file(path)[np.newaxis]
             sources.append(name)
@@ -193,6 +194,12 @@ def load_saved_model(path):
         raise KerasAdderError(f"{path}: not a loadable SavedModel ({error})") from None
     if SIGNATURE not in loaded.signatures:
         raise KerasAdderError(f"{path}: has no {SIGNATURE!r} signature")
+    inputs = sorted(loaded.signatures[SIGNATURE].structured_input_signature[1])
+    if inputs != ["image", "number"]:
+        raise KerasAdderError(
+            f"{path}: its {SIGNATURE!r} signature takes {', '.join(inputs)}, "
+            "not image and number: not a keras_adder model"
+        )
     return path, loaded
 
 

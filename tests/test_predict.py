@@ -157,6 +157,7 @@ def _files(tmp):
     np.save(tmp / "rgb.npy", np.zeros((2, 28, 28, 3), np.uint8))
     np.save(tmp / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(tmp / "nan.npy", np.full((28, 28), np.nan))
+    np.save(tmp / "none.npy", np.zeros((0, 28, 28), np.uint8))
     (tmp / "text.npy").write_text("0 0 0\n")
     (tmp / "folder.png").mkdir()
 
@@ -173,6 +174,8 @@ BAD_INPUTS = {
                                  "array shape (2, 28, 28, 3) is not [28, 28] or [N, 28, 28]"),
     "npy of objects": (["objects.npy", "--number", "3"], "objects.npy: not a readable .npy"),
     "npy of NaN": (["nan.npy", "--number", "3"], "nan.npy: values must be 0-255"),
+    "npy of no images": (["none.npy", "--number", "3"],
+                         "no images: give image/.npy files or --mnist-test-index"),
     "text named .npy": (["text.npy", "--number", "3"], "text.npy: not a readable .npy array"),
     "number 10": (["digit.png", "--number", "10"], "number 10 is outside 0-9"),
     "number -1": (["digit.png", "--number=-1"], "number -1 is outside 0-9"),
@@ -219,6 +222,23 @@ def test_bad_input_is_one_line_exit_2_and_nothing_written(
     assert captured.err.count("\n") == 1 and captured.err.startswith("error: ")
     assert expected in captured.err
     assert sorted(str(p) for p in tmp_path.rglob("*")) == before  # no picture, no temp
+
+
+def test_a_saved_model_of_another_kind_is_refused(tmp_path, capsys):
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.double = tf.function(lambda x: {"y": 2 * x},
+                                input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+    tf.saved_model.save(module, str(tmp_path / "other" / "1"),
+                        signatures={"serving_default": module.double})
+    with pytest.raises(SystemExit):
+        run(predict.main, ["--mnist-test-index", "0", "--number", "1",
+                           "--model", str(tmp_path / "other")])
+    assert capsys.readouterr().err == (
+        f"error: {tmp_path / 'other' / '1'}: its 'serving_default' signature takes x, "
+        "not image and number: not a keras_adder model\n"
+    )
 
 
 def test_cli_process_prints_exactly_one_line_for_a_bad_file(tmp_path):
