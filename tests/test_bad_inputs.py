@@ -14,7 +14,7 @@ import json
 import numpy as np
 import pytest
 
-from keras_adder import export, predict, train
+from keras_adder import evaluate, export, predict, train
 from keras_adder.cli import run
 
 QUICK = ["--epochs", "1", "--train-examples", "64"]
@@ -124,6 +124,24 @@ def _predict(*extra, npy=None):
     return setup
 
 
+def _empty_version(tmp, data_dir):
+    (tmp / "export" / "1").mkdir(parents=True)  # an export that was never completed
+    return [str(tmp / "export")]
+
+
+def _h5_model(tmp, data_dir):
+    (tmp / "model.h5").write_bytes(b"\x89HDF\r\n")  # the legacy format
+    return [str(tmp / "model.h5")]
+
+
+def _evaluate_into_a_file(tmp, data_dir):
+    from keras_adder.model import build_model
+
+    build_model("compact").save(tmp / "model.keras")
+    (tmp / "notes.txt").write_text("a file, not a folder\n")
+    return [str(tmp / "model.keras"), "--output-dir", str(tmp / "notes.txt" / "eval")]
+
+
 CLI_ROWS = {
     # The data loader, through the training CLI.
     "missing data dir": (train, lambda tmp, data: [*QUICK, "--data-dir", str(tmp / "nowhere")],
@@ -188,6 +206,17 @@ CLI_ROWS = {
     "corrupt .keras file": (export, _corrupt_keras, "not a readable .keras model"),
     "missing .keras file": (export, lambda tmp, data: [str(tmp / "best.keras")],
                             "does not exist"),
+    # Evaluating a model.
+    "evaluate: missing model": (evaluate, lambda tmp, data: [str(tmp / "nowhere")],
+                                "does not exist"),
+    "evaluate: model is not a .keras file": (evaluate, _h5_model,
+                                             "is a file but not a .keras model"),
+    "evaluate: version folder without saved_model.pb": (evaluate, _empty_version,
+                                                        "highest version has no saved_model.pb"),
+    "evaluate: zero --limit": (evaluate, lambda tmp, data: ["model.keras", "--limit", "0"],
+                               "0 must be at least 1"),
+    "evaluate: --output-dir under a file": (evaluate, _evaluate_into_a_file,
+                                            "cannot create output directory"),
     # Asking a SavedModel through the predict CLI.
     "number outside 0-9": (predict, _predict("--number", "12", npy=np.zeros((28, 28))),
                            "number 12 is outside 0-9"),
