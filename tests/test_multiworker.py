@@ -103,3 +103,25 @@ def test_finished_cluster_run_is_not_trained_again(cluster_run):
         assert "is a finished run" in output and "Epoch 1/" not in output
     assert (root / "run" / "metrics.json").read_bytes() == metrics
     assert [p.name for p in (root / "export").iterdir()] == ["1"]
+
+
+def test_compat_fix_refuses_an_untested_keras(monkeypatch):
+    import keras
+
+    from keras_adder.cli import KerasAdderError
+    from keras_adder.compat import patch_keras_for_multi_worker
+
+    monkeypatch.setattr(keras, "__version__", "3.99.0")
+    with pytest.raises(KerasAdderError, match="keras 3.99.0 is installed; check "
+                       "keras-team/keras#20329"):
+        patch_keras_for_multi_worker()
+
+
+def test_single_machine_strategies():
+    import tensorflow as tf
+
+    from keras_adder.train import choose_strategy, is_chief
+
+    mirrored = choose_strategy("mirrored")
+    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
+    assert is_chief(mirrored) and is_chief(choose_strategy("auto"))
