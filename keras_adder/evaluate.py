@@ -37,7 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from keras_adder.cli import KerasAdderError, positive_int
-from keras_adder.data import NUM_DIGITS, NUM_SUMS
+
+# TensorFlow (imported by keras_adder.data and .export) writes log lines to stderr on
+# import, so it is imported only once the model path has been checked: a wrong path
+# gives exactly one line.
 
 EVALUATION_FILE = "evaluation.json"
 BATCH_SIZE = 4096
@@ -110,15 +113,15 @@ def load_predictor(path):
     """(predict, kind, resolved path) for a .keras file ("keras"), or a SavedModel
     folder or base path of numbered versions, whose highest version is used
     ("saved_model")."""
-    from keras_adder.export import SIGNATURE, load_keras_model
-    from keras_adder.predict import load_saved_model
-
     path = Path(path)
     if not path.exists():
         raise KerasAdderError(f"model {path} does not exist")
+    if path.is_file() and path.suffix != ".keras":
+        raise KerasAdderError(f"model {path} is a file but not a .keras model")
+    from keras_adder.export import SIGNATURE, load_keras_model
+    from keras_adder.predict import load_saved_model
+
     if path.is_file():
-        if path.suffix != ".keras":
-            raise KerasAdderError(f"model {path} is a file but not a .keras model")
         return keras_predictor(load_keras_model(path)), "keras", path
     path, loaded = load_saved_model(path)
     return serving_predictor(loaded.signatures[SIGNATURE]), "saved_model", path
@@ -127,6 +130,8 @@ def load_predictor(path):
 def exhaustive_pairs(count):
     """(image_index, numbers) of every image with every number, image-major:
     pair p is image p // 10 with number p % 10."""
+    from keras_adder.data import NUM_DIGITS
+
     image_index = np.repeat(np.arange(count, dtype=np.int64), NUM_DIGITS)
     numbers = np.tile(np.arange(NUM_DIGITS, dtype=np.int32), count)
     return image_index, numbers
@@ -153,6 +158,8 @@ def summarize(labels, image_index, numbers, digit, total):
     labels: the true digits of the split's images; digit, total: predicted classes per
     pair. Works for any set of pairs, exhaustive or not.
     """
+    from keras_adder.data import NUM_DIGITS, NUM_SUMS
+
     labels = np.asarray(labels)
     pair_digit = labels[image_index]
     pair_sum = pair_digit + numbers
@@ -267,14 +274,16 @@ def evaluate(model_path, *, data_dir=None, split="test", limit=None, output_dir=
     `limit` keeps only the split's first images (a quick look, not the real figure).
     """
     predict, kind, path = load_predictor(model_path)
+    from keras_adder.data import NUM_DIGITS
+
+    images, labels = split_images(split, data_dir)
+    images, labels = images[:limit], labels[:limit]
     output_dir = Path(output_dir)
     try:  # before the long part, so that a bad --output-dir fails at once
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise KerasAdderError(f"cannot create output directory {output_dir} "
                               f"({error.strerror})") from None
-    images, labels = split_images(split, data_dir)
-    images, labels = images[:limit], labels[:limit]
     image_index, numbers = exhaustive_pairs(len(labels))
 
     if verbose:
@@ -314,7 +323,8 @@ def format_report(summary):
 
     return "\n".join([
         f"{summary['model']} ({summary['model_kind']}), {summary['split']} split: "
-        f"{summary['images']:,} images x {NUM_DIGITS} numbers = {summary['pairs']:,} pairs",
+        f"{summary['images']:,} images x {summary['pairs'] // summary['images']} numbers "
+        f"= {summary['pairs']:,} pairs",
         f"  digit accuracy   {summary['digit_accuracy']:.3%}",
         f"  sum accuracy     {summary['sum_accuracy']:.3%}   "
         f"(sum - digit: {summary['sum_minus_digit_accuracy'] * 100:+.3f} points)",
