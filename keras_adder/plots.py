@@ -149,9 +149,7 @@ def plot_prediction_grid(images, numbers, digits, sums, labels, path, *, columns
             title += f"\ntrue: {label} + {number} = {label + number}"
             _mark_wrong(ax)
         ax.set_title(title, fontsize=9, color=WRONG if wrong else "black")
-    wrong_count = int(np.sum((np.asarray(digits) != labels)
-                             | (np.asarray(sums) != np.asarray(labels) + numbers)))
-    figure.suptitle(f"Predictions (digit + number = sum): {wrong_count} of {count} wrong")
+    figure.suptitle("Predicted digit + number = predicted sum (wrong answers in red)")
     return _save(figure, path)
 
 
