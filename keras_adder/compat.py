@@ -24,7 +24,8 @@ from keras_adder.cli import KerasAdderError
 TESTED_KERAS_VERSIONS = ("3.15.1",)
 
 
-def _is_multi_worker(strategy):
+def is_multi_worker(strategy):
+    """Whether `strategy` is a MultiWorkerMirroredStrategy (workers act in lock-step)."""
     import tensorflow as tf
 
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
@@ -50,7 +51,7 @@ def patch_keras_for_multi_worker():
     original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
 
     def reduce_per_replica(values, strategy, reduction):
-        if not _is_multi_worker(strategy) or reduction not in ("auto", "mean"):
+        if not is_multi_worker(strategy) or reduction not in ("auto", "mean"):
             return original_reduce(values, strategy, reduction)
 
         def reduce_one(value):
@@ -62,7 +63,7 @@ def patch_keras_for_multi_worker():
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         strategy = self._distribute_strategy
-        if iterator is None or not _is_multi_worker(strategy):
+        if iterator is None or not is_multi_worker(strategy):
             return original_build(self, iterator=iterator, data_batch=data_batch)
         # The build only needs one batch's shapes and dtypes; fit() resets the iterator.
         for _, _, batches in iterator:

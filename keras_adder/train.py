@@ -104,18 +104,22 @@ def is_chief(strategy):
     return resolver.task_type == "worker" and resolver.task_id == 0 and not has_chief
 
 
-def _agree(strategy, finished, start_epoch):
-    """All workers must take the same path: finished if any says so, one start epoch."""
+def _gather_from_workers(strategy, values):
+    """Each worker's int `values`, as rows [workers, len(values)] (a collective op)."""
     import tensorflow as tf
 
-    from keras_adder.cli import KerasAdderError
+    local = tf.constant([values], tf.int64)
+    return strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0).numpy()
 
-    if strategy.num_replicas_in_sync == 1 or not isinstance(
-        strategy, tf.distribute.MultiWorkerMirroredStrategy
-    ):
+
+def _agree(strategy, finished, start_epoch):
+    """All workers must take the same path: finished if any says so, one start epoch."""
+    from keras_adder.cli import KerasAdderError
+    from keras_adder.compat import is_multi_worker
+
+    if not is_multi_worker(strategy):
         return finished, start_epoch
-    local = tf.constant([[int(finished), start_epoch]], tf.int64)
-    everyone = strategy.gather(strategy.run(lambda: tf.identity(local)), axis=0).numpy()
+    everyone = _gather_from_workers(strategy, [int(finished), start_epoch])
     finished, latest, earliest = everyone[:, 0].max(), everyone[:, 1].max(), everyone[:, 1].min()
     if not finished and latest != earliest:
         raise KerasAdderError(
@@ -291,6 +295,7 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     import tensorflow as tf
 
     from keras_adder.cli import KerasAdderError
+    from keras_adder.compat import is_multi_worker
     from keras_adder.data import (
         load_mnist, split_validation, steps_per_epoch, train_dataset, validation_dataset,
     )
@@ -378,6 +383,7 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     )
     if not chief:
         shutil.rmtree(run_dir)
+        _gather_from_workers(strategy, [0])  # wait for the chief's end, see below
         return None
     from keras_adder.evaluate import write_run_figures
 
@@ -401,6 +407,9 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     }
     _write_atomically(metrics_path, json.dumps(metrics, indent=2) + "\n")
     shutil.rmtree(run_dir / BACKUP_SUBDIR, ignore_errors=True)
+    if is_multi_worker(strategy):
+        # A worker that exits while the chief still works is reported as crashed.
+        _gather_from_workers(strategy, [0])
     print(
         f"\nTest (10,000 images, seed {seed}): digit accuracy {test['digit_accuracy']:.2%}, "
         f"sum accuracy {test['sum_accuracy']:.2%}\n"

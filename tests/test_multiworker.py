@@ -1,9 +1,10 @@
 """More than one machine: two MultiWorkerMirroredStrategy workers on 127.0.0.1, CPU only.
 
 Both workers run the same `python -m keras_adder.train --strategy multiworker`
-command with their own TF_CONFIG. They must both finish; only the chief (worker 0)
-leaves files: the run directory and a SavedModel that loads and answers. This also
-proves keras_adder/compat.py: without it keras 3.15.1's `model.fit` fails here.
+command with their own TF_CONFIG. Both are killed after their first epoch, started
+again, and must resume and finish; only the chief (worker 0) leaves files: the run
+directory and a SavedModel that loads and answers. This also proves
+keras_adder/compat.py: without it keras 3.15.1's `model.fit` fails here.
 """
 
 import json
@@ -33,13 +34,27 @@ def free_ports(count):
             s.close()
 
 
-def run_workers(root):
-    """Start every worker, wait for all; [(returncode, output)] in worker order."""
+def backed_up(backup_dir):
+    try:
+        return json.loads((backup_dir / "training_metadata.json").read_text())["epoch"] >= 1
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def run_workers(root, crash=False):
+    """Start every worker and wait for all: [(returncode, output)] in worker order.
+
+    With `crash`, SIGKILL every worker once each has backed up its first epoch, as when
+    the cluster loses power.
+    """
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(WORKERS)]}
     command = [
         sys.executable, "-m", "keras_adder.train", "--strategy", "multiworker",
         "--epochs", "2", "--train-examples", "1024",
         "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
+    ]
+    backups = [root / "run" / "backup"] + [
+        root / "run" / f"workertemp_{index}" / "backup" for index in range(1, WORKERS)
     ]
     processes = []
     try:
@@ -50,7 +65,13 @@ def run_workers(root):
             processes.append((subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
                                                env=env), log))
         deadline = time.monotonic() + TIMEOUT_S
+        while crash and not all(backed_up(backup) for backup in backups):
+            assert all(p.poll() is None for p, _ in processes), "a worker ended early"
+            assert time.monotonic() < deadline, "no epoch was backed up in time"
+            time.sleep(0.05)
         for process, _ in processes:
+            if crash:
+                process.kill()
             process.wait(timeout=max(deadline - time.monotonic(), 1))
     finally:
         for process, _ in processes:  # a worker left waiting for its peer
@@ -67,14 +88,21 @@ def run_workers(root):
 
 @pytest.fixture(scope="module")
 def cluster_run(tmp_path_factory, data_dir):
+    """A two-worker run killed after its first epoch, then started again to the end."""
     root = tmp_path_factory.mktemp("multiworker")
+    run_workers(root, crash=True)
+    assert not (root / "run" / "metrics.json").exists()
     return root, run_workers(root)
 
 
-def test_two_workers_train_and_only_the_chief_writes(cluster_run):
+def test_two_workers_resume_train_and_only_the_chief_writes(cluster_run):
     root, results = cluster_run
     for index, (returncode, output) in enumerate(results):
         assert returncode == 0, f"worker {index}:\n{output[-4000:]}"
+        assert "after epoch 1 of 2" in output and "Epoch 1/2" not in output  # resumed
+        assert "crashed" not in output  # no worker left while the other still worked
+    history = (root / "run" / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in history[1:]] == ["0", "1"]
     metrics = json.loads((root / "run" / "metrics.json").read_text())
     assert metrics["replicas"] == WORKERS
     assert [p.name for p in (root / "export").iterdir()] == ["1"]
