@@ -106,8 +106,10 @@ def load_mnist_dir(data_dir):
     arrays of shapes [60000, 28, 28], [60000], [10000, 28, 28], [10000].
     """
     data_dir = Path(data_dir)
-    if not data_dir.is_dir():
+    if not data_dir.exists():
         raise KerasAdderError(f"data directory {data_dir} does not exist")
+    if not data_dir.is_dir():
+        raise KerasAdderError(f"data directory {data_dir} is not a directory")
     arrays = {}
     for key, (name, magic, count) in MNIST_FILES.items():
         path = _find_idx_file(data_dir, name)

@@ -23,6 +23,7 @@ and an existing version is never touched.
 import argparse
 import os
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -173,6 +174,9 @@ def load_keras_model(path):
     path = Path(path)
     if not path.is_file():
         raise KerasAdderError(f"model file {path} does not exist")
+    # Keras reports a damaged archive as "File not found"; say what is really wrong.
+    if not zipfile.is_zipfile(path):
+        raise KerasAdderError(f"{path}: not a .keras model (not a zip archive; corrupt?)")
     try:
         return keras.saving.load_model(path)
     except Exception as error:

@@ -146,7 +146,7 @@ CLI_ROWS = {
     # The data loader, through the training CLI.
     "missing data dir": (train, lambda tmp, data: [*QUICK, "--data-dir", str(tmp / "nowhere")],
                          "does not exist"),
-    "data dir is a file": (train, _data_dir_is_a_file, "does not exist"),
+    "data dir is a file": (train, _data_dir_is_a_file, "is not a directory"),
     "wrong file names": (train, _renamed_files, "missing MNIST file train-images-idx3-ubyte"),
     "truncated gzip": (train, _bad_data("train-labels-idx1-ubyte.gz",
                                         lambda data: (data / "train-labels-idx1-ubyte.gz")
@@ -203,7 +203,7 @@ CLI_ROWS = {
     "TF_CONFIG task not in cluster": (train, _train("--strategy", "multiworker"),
                                       "TF_CONFIG task worker 2 is not in its cluster"),
     # Exporting a .keras file.
-    "corrupt .keras file": (export, _corrupt_keras, "not a readable .keras model"),
+    "corrupt .keras file": (export, _corrupt_keras, "not a .keras model (not a zip archive"),
     "missing .keras file": (export, lambda tmp, data: [str(tmp / "best.keras")],
                             "does not exist"),
     # Evaluating a model.
