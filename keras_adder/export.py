@@ -108,8 +108,7 @@ def make_serving_function(model):
 
 
 def _check_export(path, model, images, numbers):
-    """Load the written SavedModel; compare its answers with the Keras model's and
-    make sure its input checks work."""
+    """Load the written SavedModel; compare its answers with the Keras model's."""
     serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
     served = serve(image=tf.constant(images, tf.uint8), number=tf.constant(numbers, tf.int32))
     expected = model(model_inputs(images, numbers), training=False)
@@ -122,11 +121,8 @@ def _check_export(path, model, images, numbers):
     empty = serve(image=tf.zeros([0, 28, 28], tf.uint8), number=tf.zeros([0], tf.int32))
     if any(value.shape[0] != 0 for value in empty.values()):
         raise RuntimeError("exported signature does not answer an empty batch with nothing")
-    try:
-        serve(image=tf.zeros([1, 28, 28], tf.uint8), number=tf.constant([NUM_DIGITS]))
-    except tf.errors.InvalidArgumentError:
-        return
-    raise RuntimeError(f"exported signature accepts number {NUM_DIGITS}")
+    # The refusals (number 10, ...) are covered by tests, not here: a refused call makes
+    # TensorFlow log an alarming "rendezvous is aborting" line in every training run.
 
 
 def export_saved_model(model, export_dir, version=None, *, check_images):
