@@ -21,7 +21,7 @@ from pathlib import Path
 
 # The default recipe: plain values, as in nanoGPT. `make train` runs exactly these.
 ARCH = "compact"
-EPOCHS = 30
+EPOCHS = 40
 BATCH_SIZE = 128
 LEARNING_RATE = 3e-3  # peak of a warm-up + cosine schedule
 WARMUP_EPOCHS = 1
@@ -187,6 +187,26 @@ def _truncate_history(run_dir, epochs):
     return rows[:epochs]
 
 
+def _epoch_seeded_dropout():
+    """A callback that keys the model's random layers (Dropout) to the epoch.
+
+    BackupAndRestore restores weights and optimizer state but not the layers' RNG
+    counters, so a resumed run would draw other dropout masks than an uninterrupted
+    one. Restarting each generator's counter at a value derived from the epoch makes
+    the masks of epoch e the same either way, like the data pipeline's randomness.
+    """
+    import keras
+
+    class EpochSeededDropout(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            for variable in self.model.variables:
+                if variable.path.endswith("seed_generator_state"):
+                    seed = int(variable.numpy()[0])
+                    variable.assign([seed, epoch << 32])
+
+    return EpochSeededDropout()
+
+
 def make_callbacks(run_dir, *, start_epoch, tensorboard):
     """Best-model checkpoint, CSV history, crash recovery and (optionally) TensorBoard."""
     import keras
@@ -199,6 +219,7 @@ def make_callbacks(run_dir, *, start_epoch, tensorboard):
     if earlier:
         best.best = min(earlier)
     callbacks = [
+        _epoch_seeded_dropout(),
         keras.callbacks.TerminateOnNaN(),
         best,
         keras.callbacks.CSVLogger(str(Path(run_dir) / "history.csv"), append=True),
