@@ -20,7 +20,7 @@ Images:
 - `--mnist-test-index I [J ...]`: images of the MNIST test set (their labels are shown).
 
 `--write-examples DIR` writes TF Serving REST request bodies for the chosen inputs
-instead of predicting (see docs/serving.md).
+instead of predicting (see the README, "Serving with TensorFlow Serving").
 """
 
 import argparse

@@ -1,4 +1,4 @@
-"""The bad-input battery: every row of the table in docs/reliability.md.
+"""The bad-input battery: every row of the README's "Bad input" table.
 
 Each command-line row runs the CLI's `main` through `keras_adder.cli.run`, exactly as
 `python -m keras_adder.<cli>` does, and checks the one-line message on stderr, exit
