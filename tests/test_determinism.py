@@ -1,6 +1,6 @@
 """Reproducibility: the same seed on the same machine gives the same run.
 
-Two separate `python -m keras_adder.train` processes (--deterministic is the default)
+Two separate `python -m keras_adder.train` processes with --deterministic
 with the same seed must write identical histories, test metrics and best weights.
 """
 
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.slow
 
 def train_once(root):
     command = [
-        sys.executable, "-m", "keras_adder.train", "--epochs", "2",
+        sys.executable, "-m", "keras_adder.train", "--deterministic", "--epochs", "2",
         "--train-examples", "1024", "--batch-size", "64", "--seed", "7",
         "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
     ]

@@ -49,7 +49,7 @@ def run_workers(root, crash=False):
     """
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(WORKERS)]}
     command = [
-        sys.executable, "-m", "keras_adder.train", "--strategy", "multiworker",
+        sys.executable, "-m", "keras_adder.train", "--deterministic", "--strategy", "multiworker",
         "--epochs", "2", "--train-examples", "1024",
         "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
     ]

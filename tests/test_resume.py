@@ -26,7 +26,7 @@ TIMEOUT_S = 600
 
 def train_command(root):
     return [
-        sys.executable, "-m", "keras_adder.train", "--epochs", str(EPOCHS),
+        sys.executable, "-m", "keras_adder.train", "--deterministic", "--epochs", str(EPOCHS),
         "--train-examples", str(TRAIN_EXAMPLES),
         "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
     ]
