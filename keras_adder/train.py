@@ -37,7 +37,7 @@ BACKUP_SUBDIR = "backup"
 CONFIG_FILE = "config.json"  # the settings a resumed run must share with the original
 STRATEGIES = ("auto", "mirrored", "multiworker")
 STRATEGY = "auto"
-DETERMINISTIC = False  # TF op determinism costs ~10 % per step on CPU (README, "Performance")
+DETERMINISTIC = True  # costs ~10 % per step on CPU; the measured recipe used it (README)
 
 
 def choose_strategy(name=STRATEGY):
