@@ -143,6 +143,16 @@ def time_to_accuracy(fit_images, fit_labels, test_images, test_labels, *, epochs
     return log, reached, model
 
 
+def _durations(call, count):
+    """Wall seconds of `count` calls of `call`, one by one."""
+    durations = []
+    for _ in range(count):
+        start = time.perf_counter()
+        call()
+        durations.append(time.perf_counter() - start)
+    return durations
+
+
 def serving_speed(export_path, test_images, *, calls, big_batch=1024, big_calls=20):
     """Batch-1 latency percentiles and large-batch throughput of serving_default."""
     import tensorflow as tf
@@ -150,21 +160,14 @@ def serving_speed(export_path, test_images, *, calls, big_batch=1024, big_calls=
     serve = tf.saved_model.load(str(export_path)).signatures["serving_default"]
     one_image = tf.constant(test_images[:1])
     one_number = tf.constant([3], tf.int32)
-    for _ in range(50):
-        serve(image=one_image, number=one_number)
-    latencies = []
-    for _ in range(calls):
-        start = time.perf_counter()
-        serve(image=one_image, number=one_number)
-        latencies.append(time.perf_counter() - start)
+    call_one = lambda: serve(image=one_image, number=one_number)
+    _durations(call_one, 50)  # warm-up
+    latencies = _durations(call_one, calls)
     images = tf.constant(test_images[:big_batch])
     numbers = tf.constant(np.arange(big_batch) % 10, tf.int32)
-    serve(image=images, number=numbers)
-    durations = []
-    for _ in range(big_calls):
-        start = time.perf_counter()
-        serve(image=images, number=numbers)
-        durations.append(time.perf_counter() - start)
+    call_big = lambda: serve(image=images, number=numbers)
+    call_big()  # warm-up
+    durations = _durations(call_big, big_calls)
     latencies_ms = np.array(latencies) * 1000
     return {
         "batch1_p50_ms": float(np.percentile(latencies_ms, 50)),
