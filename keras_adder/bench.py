@@ -20,6 +20,7 @@ import keras
 import numpy as np
 
 from keras_adder import train as recipe
+from keras_adder.cli import write_atomically
 
 TARGET_ACCURACY = 0.994
 
@@ -241,8 +242,7 @@ def run_benchmark(data_dir=None, quick=False, output="bench.json"):
         path = export_saved_model(model, export_dir, check_images=test_images[:16])
         results["serving"] = serving_speed(path, test_images, calls=calls)
 
-    with open(output, "w") as f:
-        json.dump(results, f, indent=2)
+    write_atomically(output, lambda staging: staging.write_text(json.dumps(results, indent=2)))
     print_table(results)
     print(f"\nwritten to {output}")
     return results

@@ -1,7 +1,10 @@
-"""Plumbing shared by the command-line shells: one error type, one exit code."""
+"""Plumbing shared by the command-line shells: one error type, one exit code, and
+files that appear whole or not at all."""
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 
 class KerasAdderError(Exception):
@@ -44,3 +47,20 @@ def positive_float(text):
     if not value > 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"{text} must be a positive number")
     return value
+
+
+def write_atomically(path, write):
+    """Call `write(staging_path)` on a hidden sibling of `path`, then rename it into place.
+
+    A crash, Ctrl-C or a full disk never leaves a half-written file under `path`, and
+    an existing file stays as it was until the new one is complete. The sibling keeps
+    the suffix, so matplotlib's savefig picks the right format.
+    """
+    path = Path(path)
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    try:
+        write(staging)
+        staging.replace(path)
+    except BaseException:
+        staging.unlink(missing_ok=True)
+        raise

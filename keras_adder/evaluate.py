@@ -30,13 +30,12 @@ misclassified.png (see keras_adder.plots).
 
 import argparse
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from keras_adder.cli import KerasAdderError, positive_int
+from keras_adder.cli import KerasAdderError, positive_int, write_atomically
 
 # TensorFlow (imported by keras_adder.data and .export) writes log lines to stderr on
 # import, so it is imported only once the model path has been checked: a wrong path
@@ -226,8 +225,8 @@ def write_figures(output_dir, images, labels, summary, image_index, numbers, pre
         plots.plot_confusion_matrix(summary["sum_confusion"],
                                     output_dir / "confusion_sum.png", name="sum"),
         plots.plot_prediction_grid(images[index], numbers[shown], predicted["digit"][shown],
-                                   predicted["sum"][shown], labels[index],
-                                   output_dir / "predictions.png"),
+                                   predicted["sum"][shown], output_dir / "predictions.png",
+                                   labels=labels[index]),
         plots.plot_misclassified(images, labels, summary["misclassified_as"],
                                  summary["misclassified_images"],
                                  output_dir / "misclassified.png"),
@@ -306,12 +305,9 @@ def evaluate(model_path, *, data_dir=None, split="test", limit=None, output_dir=
 
 
 def _write_json(path, data):
-    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        staging.write_text(json.dumps(data, indent=2) + "\n")
-        staging.replace(path)
+        write_atomically(path, lambda staging: staging.write_text(json.dumps(data, indent=2) + "\n"))
     except OSError as error:
-        staging.unlink(missing_ok=True)
         raise KerasAdderError(f"cannot write {path} ({error.strerror})") from None
 
 

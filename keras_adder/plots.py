@@ -11,7 +11,6 @@ leaves a half-written picture behind.
 """
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 
-from keras_adder.cli import KerasAdderError
+from keras_adder.cli import KerasAdderError, write_atomically
 
 DPI = 100
 WRONG = "tab:red"
@@ -27,15 +26,11 @@ HEADS = ("digit", "sum")
 
 
 def _save(figure, path):
-    path = Path(path)
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        figure.savefig(staging, dpi=DPI)
-        staging.replace(path)
+        write_atomically(path, lambda staging: figure.savefig(staging, dpi=DPI))
     except OSError as error:
-        staging.unlink(missing_ok=True)
         raise KerasAdderError(f"cannot write picture {path} ({error.strerror})") from None
-    return path
+    return Path(path)
 
 
 def read_history(history_csv):
@@ -128,28 +123,42 @@ def _mark_wrong(ax):
     ax.add_patch(Rectangle((-0.5, -0.5), 28, 28, fill=False, edgecolor=WRONG, linewidth=3))
 
 
-def plot_prediction_grid(images, numbers, digits, sums, labels, path, *, columns=8):
+def plot_prediction_grid(images, numbers, digits, sums, path, *, labels=None,
+                         probabilities=None, columns=8, limit=100):
     """Images with the number fed in and the predicted digit and sum; wrong ones in red.
 
-    images: uint8 [N, 28, 28]; numbers, digits (predicted), sums (predicted),
-    labels (true digits): int [N]. Each title reads "digit + number = sum" as the
-    model answered; a wrong answer gets a red frame and the true sum below.
+    images: uint8 [N, 28, 28]; numbers, digits (predicted), sums (predicted): int [N].
+    Each title reads "digit + number = sum" as the model answered. Optional:
+    labels, the true digits (None where unknown): a wrong answer gets a red frame
+    and the true sum below; probabilities, [N, 2] of the digit's and the sum's
+    answer, add a "p 0.99 / 0.98" line. Shows the first `limit` images.
     """
     count = len(images)
-    columns = min(columns, max(count, 1))
-    rows = max(-(-count // columns), 1)
-    figure = Figure(figsize=(1.5 * columns, 1.85 * rows), layout="constrained")
-    axes = _image_axes(figure, count, columns)
-    for ax, image, number, digit, total, label in zip(axes, images, numbers, digits, sums,
-                                                      labels):
-        wrong = digit != label or total != label + number
-        ax.imshow(image, cmap="gray_r", vmin=0, vmax=255)
+    shown = min(count, limit)
+    columns = min(columns, max(shown, 1))
+    rows = max(-(-shown // columns), 1)
+    lines = 1 + (labels is not None) + (probabilities is not None)
+    figure = Figure(figsize=(1.5 * columns, (1.35 + 0.25 * lines) * rows + 0.4),
+                    layout="constrained")
+    axes = _image_axes(figure, shown, columns)
+    for i, ax in zip(range(shown), axes):
+        digit, number, total = int(digits[i]), int(numbers[i]), int(sums[i])
+        label = None if labels is None else labels[i]
+        wrong = label is not None and (digit != label or total != label + number)
+        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=255)
         title = f"{digit} + {number} = {total}"
+        if probabilities is not None:
+            title += f"\np {probabilities[i][0]:.2f} / {probabilities[i][1]:.2f}"
         if wrong:
             title += f"\ntrue: {label} + {number} = {label + number}"
             _mark_wrong(ax)
         ax.set_title(title, fontsize=9, color=WRONG if wrong else "black")
-    figure.suptitle("Predicted digit + number = predicted sum (wrong answers in red)")
+    heading = "Predicted digit + number = predicted sum"
+    if labels is not None:
+        heading += " (wrong answers in red)"
+    if shown < count:
+        heading += f"; first {shown} of {count}"
+    figure.suptitle(heading)
     return _save(figure, path)
 
 

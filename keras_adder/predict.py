@@ -25,13 +25,11 @@ instead of predicting (see the README, "Serving with TensorFlow Serving").
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from keras_adder.cli import KerasAdderError
+from keras_adder.cli import KerasAdderError, write_atomically
 
 # Importing TensorFlow writes log lines to stderr that no setting silences, so the
 # modules that need it are imported only after the user's input has been checked:
@@ -283,43 +281,19 @@ def _check_picture_path(path):
         )
 
 
-def _write_atomically(path, write):
-    """Write via a temporary sibling and rename: no half-written file, ever."""
-    path = Path(path)
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.",
-                                     suffix=path.suffix)
-    os.close(fd)
-    try:
-        write(temporary)
-        os.chmod(temporary, 0o644)  # mkstemp makes it private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def save_picture(path, images, rows):
-    """A grid of the input images, each titled with the number and the predictions."""
-    from matplotlib.figure import Figure
+    """The input images, each titled with its number, the answers and their probabilities
+    (the first MAX_SHOWN; a known label marks wrong answers in red)."""
+    from keras_adder import plots
 
-    shown = min(len(rows), MAX_SHOWN)
-    columns = min(shown, 10)
-    grid_rows = -(-shown // columns)
-    figure = Figure(figsize=(1.6 * columns, 1.9 * grid_rows), layout="constrained")
-    axes = figure.subplots(grid_rows, columns, squeeze=False)
-    for ax in axes.flat:
-        ax.set_axis_off()
-    for ax, image, row in zip(axes.flat, images, rows[:shown]):
-        ax.imshow(image, cmap="gray", vmin=0, vmax=255)
-        wrong = "label" in row and row["label"] != row["digit"]
-        ax.set_title(
-            f"{row['digit']} + {row['number']} = {row['sum']}\n"
-            f"p {row['digit_probability']:.2f} / {row['sum_probability']:.2f}",
-            fontsize=8, color="red" if wrong else "black",
-        )
-    if shown < len(rows):
-        figure.suptitle(f"first {shown} of {len(rows)} images")
-    _write_atomically(path, lambda name: figure.savefig(name, dpi=100))
+    labels = [row.get("label") for row in rows]
+    return plots.plot_prediction_grid(
+        images, [row["number"] for row in rows], [row["digit"] for row in rows],
+        [row["sum"] for row in rows], path,
+        labels=labels if any(label is not None for label in labels) else None,
+        probabilities=[(row["digit_probability"], row["sum_probability"]) for row in rows],
+        columns=10, limit=MAX_SHOWN,
+    )
 
 
 def request_bodies(images, numbers):
@@ -343,7 +317,7 @@ def write_request_examples(out_dir, images, numbers):
     paths = []
     for name, body in zip(("instances.json", "inputs.json"), request_bodies(images, numbers)):
         path = out_dir / name
-        _write_atomically(path, lambda temporary: Path(temporary).write_text(_dump_request(body)))
+        write_atomically(path, lambda staging: staging.write_text(_dump_request(body)))
         paths.append(path)
     return paths
 

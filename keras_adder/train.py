@@ -293,12 +293,6 @@ def _check_same_config(run_dir, config):
         )
 
 
-def _write_atomically(path, text):
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text)
-    staging.replace(path)
-
-
 def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
           learning_rate=LEARNING_RATE, weight_decay=WEIGHT_DECAY,
           digit_loss_weight=DIGIT_LOSS_WEIGHT, sum_loss_weight=SUM_LOSS_WEIGHT,
@@ -315,7 +309,7 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     import keras
     import tensorflow as tf
 
-    from keras_adder.cli import KerasAdderError
+    from keras_adder.cli import KerasAdderError, write_atomically
     from keras_adder.compat import is_multi_worker
     from keras_adder.data import (
         load_mnist, split_validation, steps_per_epoch, train_dataset, validation_dataset,
@@ -362,7 +356,8 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
     _prepare_dir(run_dir, "run directory")
     _prepare_dir(export_dir, "export directory")
     if not (run_dir / CONFIG_FILE).exists():
-        _write_atomically(run_dir / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+        write_atomically(run_dir / CONFIG_FILE,
+                         lambda staging: staging.write_text(json.dumps(config, indent=2) + "\n"))
     keras.utils.set_random_seed(seed)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -426,7 +421,8 @@ def train(*, data_dir=None, arch=ARCH, epochs=EPOCHS, batch_size=BATCH_SIZE,
         "keras_path": str(run_dir / "best.keras"),
         "history": str(run_dir / "history.csv"),
     }
-    _write_atomically(metrics_path, json.dumps(metrics, indent=2) + "\n")
+    write_atomically(metrics_path,
+                     lambda staging: staging.write_text(json.dumps(metrics, indent=2) + "\n"))
     shutil.rmtree(run_dir / BACKUP_SUBDIR, ignore_errors=True)
     if is_multi_worker(strategy):
         # A worker that exits while the chief still works is reported as crashed.

@@ -70,16 +70,42 @@ def test_prediction_grid_marks_wrong_answers_in_red(mnist, tmp_path):
     _, (images, labels) = mnist
     images, labels = images[:16], labels[:16].astype(int)
     numbers = np.arange(16) % 10
-    right = plots.plot_prediction_grid(images, numbers, labels, labels + numbers, labels,
-                                       tmp_path / "right.png")
+    right = plots.plot_prediction_grid(images, numbers, labels, labels + numbers,
+                                       tmp_path / "right.png", labels=labels)
     assert _red_pixels(_picture(right)) == 0
 
     digits, sums = labels.copy(), labels + numbers
     digits[3] = (digits[3] + 1) % 10
     sums[7] += 1  # a wrong sum alone must be marked too
-    wrong = plots.plot_prediction_grid(images, numbers, digits, sums, labels,
-                                       tmp_path / "wrong.png")
+    wrong = plots.plot_prediction_grid(images, numbers, digits, sums, tmp_path / "wrong.png",
+                                       labels=labels)
     assert _red_pixels(_picture(wrong)) > 500
+
+
+def test_prediction_grid_with_probabilities_and_unknown_labels(mnist, tmp_path):
+    # What `predict --show` draws: some images without a label, probabilities, a cap.
+    _, (images, labels) = mnist
+    count = 30
+    numbers = np.arange(count) % 10
+    digits, sums = labels[:count].astype(int), labels[:count] + numbers
+    digits[0] = (digits[0] + 1) % 10  # wrong, but its label is unknown: not red
+    known = [None] * 10 + list(labels[10:count])
+    probabilities = np.full((count, 2), 0.5)
+    path = plots.plot_prediction_grid(images[:count], numbers, digits, sums,
+                                      tmp_path / "grid.png", labels=known,
+                                      probabilities=probabilities, limit=12)
+    assert _red_pixels(_picture(path)) == 0
+
+    def red_with(wrong_positions):
+        wrong = digits.copy()
+        wrong[wrong_positions] = (wrong[wrong_positions] + 1) % 10
+        return _red_pixels(_picture(plots.plot_prediction_grid(
+            images[:count], numbers, wrong, sums, tmp_path / "grid.png", labels=known,
+            probabilities=probabilities, limit=12)))
+
+    shown_wrong = red_with([11])
+    assert shown_wrong > 300
+    assert red_with([11, 12]) == shown_wrong  # the 13th image is past the limit
 
 
 def test_misclassified_gallery(mnist, tmp_path):
