@@ -59,16 +59,16 @@ def build_compact(dropout=0.1):
 
     Image trunk: five 3x3 convolutions, narrow at full resolution where they are
     expensive (and without BatchNorm there, see below), global average pooling, then a
-    10-way softmax for the digit.
-    Light dropout after each pooling and before the digit layer: 0.1 lifted test
+    10-way softmax for the digit. Light dropout after each pooling and before the digit layer: 0.1 lifted test
     accuracy from 99.51 % to 99.64 % in a 30-epoch run (without it the network fits
     its augmented training set better than the validation set).
 
-    Sum head: the outer product of the digit logits and the one-hot number puts the
-    image's 10 digit scores into the slot of the given number (100 values); one
-    trained Dense layer maps that to the 19 sum logits. For each number, "shift the
-    digit scores by the number" is a linear map, so the head can learn addition
-    exactly from data, and it is as confident as the digit head.
+    Sum head: the outer product of the digit log-probabilities and the one-hot number
+    puts the image's 10 digit scores into the slot of the given number (100 values);
+    with the one-hot number itself appended, one trained Dense layer maps that to the
+    19 sum logits. For each number, "shift the digit scores by the number and rule out
+    the sums it cannot make" is a linear map, so the head can learn addition exactly
+    from data, and it is as confident as the digit head.
     """
     image, number = _inputs()
     # No BatchNorm at 28x28: on CPU it made a training step ~1.3x slower (README,
