@@ -21,7 +21,7 @@ from pathlib import Path
 
 # The default recipe: plain values, as in nanoGPT. `make train` runs exactly these.
 ARCH = "compact"
-EPOCHS = 40
+EPOCHS = 36
 BATCH_SIZE = 128
 LEARNING_RATE = 3e-3  # peak of a warm-up + cosine schedule
 WARMUP_EPOCHS = 1
