@@ -34,13 +34,12 @@ def mnist(data_dir):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, data_dir):
     """metrics.json of a short real training run; files under its run and export dirs."""
-    from keras_adder.train import train
+    from keras_adder.recipe import Recipe
+    from keras_adder.training import train
 
     root = tmp_path_factory.mktemp("trained")
-    return train(
-        data_dir=data_dir, epochs=SHORT_EPOCHS, run_dir=root / "run",
-        export_dir=root / "export", verbose=2,
-    )
+    return train(Recipe(epochs=SHORT_EPOCHS), data_dir=data_dir, run_dir=root / "run",
+                 export_dir=root / "export", verbose=2)
 
 
 @pytest.fixture(scope="session")

@@ -165,22 +165,23 @@ CLI_ROWS = {
     "image/label count mismatch": (
         train, _bad_data("train-labels-idx1-ubyte",
                          lambda data: idx_bytes(np.zeros(59_999), 2049)),
-        "holds 59999 items, MNIST has 60000"),
+        "IDX header declares shape (59999,), MNIST's is (60000,)"),
     "images not 28x28": (train, _bad_data("t10k-images-idx3-ubyte",
                                           lambda data: idx_bytes(np.zeros((10_000, 28, 27)),
                                                                  2051)),
-                         "images are (28, 27), expected 28x28"),
+                         "declares shape (10000, 28, 27), MNIST's is (10000, 28, 28)"),
     # Training flags.
-    "zero epochs": (train, lambda tmp, data: ["--epochs", "0"], "0 must be at least 1"),
-    "negative epochs": (train, lambda tmp, data: ["--epochs", "-3"], "-3 must be at least 1"),
-    "zero batch size": (train, lambda tmp, data: ["--batch-size", "0"], "0 must be at least 1"),
+    "zero epochs": (train, lambda tmp, data: ["--epochs", "0"], "epochs 0 must be at least 1"),
+    "negative epochs": (train, lambda tmp, data: ["--epochs", "-3"], "epochs -3 must be at least 1"),
+    "zero batch size": (train, lambda tmp, data: ["--batch-size", "0"],
+                        "batch size 0 must be at least 1"),
     "batch size not a number": (train, lambda tmp, data: ["--batch-size", "big"],
                                 "'big' is not an integer"),
     "negative learning rate": (train, lambda tmp, data: ["--learning-rate=-0.1"],
-                               "-0.1 must be a positive number"),
+                               "learning rate -0.1 must be a positive number"),
     "unknown arch": (train, lambda tmp, data: ["--arch", "resnet"], "invalid choice: 'resnet'"),
     "more train examples than images": (train, _train("--train-examples", "60000"),
-                                        "more than the 55,000 training images"),
+                                        "train examples 60000 is outside 1-55,000"),
     "unwritable --run-dir (under a file)": (train, _run_dir_under_a_file,
                                             "notes.txt is not a directory"),
     "unwritable --export-dir (under a file)": (train, _export_dir_under_a_file,
@@ -281,7 +282,7 @@ def serving_signature(tmp_path_factory):
     """The serving signature of an exported (untrained: only its checks matter) model."""
     import tensorflow as tf
 
-    from keras_adder.export import export_saved_model
+    from keras_adder.saved_model import export_saved_model
     from keras_adder.model import build_model
 
     folder = tmp_path_factory.mktemp("served")

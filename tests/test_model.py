@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from keras_adder.cli import KerasAdderError
-from keras_adder.model import ARCHITECTURES, build_model
+from keras_adder.errors import KerasAdderError
+from keras_adder.constants import ARCHITECTURES
+from keras_adder.model import build_model
 from keras_adder.train import main as train_main
 
 

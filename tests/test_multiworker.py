@@ -136,7 +136,7 @@ def test_finished_cluster_run_is_not_trained_again(cluster_run):
 def test_compat_fix_refuses_an_untested_keras(monkeypatch):
     import keras
 
-    from keras_adder.cli import KerasAdderError
+    from keras_adder.errors import KerasAdderError
     from keras_adder.compat import patch_keras_for_multi_worker
 
     monkeypatch.setattr(keras, "__version__", "3.99.0")
@@ -148,7 +148,7 @@ def test_compat_fix_refuses_an_untested_keras(monkeypatch):
 def test_single_machine_strategies():
     import tensorflow as tf
 
-    from keras_adder.train import choose_strategy, is_chief
+    from keras_adder.distribution import choose_strategy, is_chief
 
     mirrored = choose_strategy("mirrored")
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)

@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_adder import predict
+from keras_adder import images, predict
 from keras_adder.cli import run
-from keras_adder.data import NUM_DIGITS, model_inputs
+from keras_adder.constants import NUM_DIGITS
+from keras_adder.data import model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,10 +22,6 @@ def predict_json(capsys, *argv):
     output = json.loads(capsys.readouterr().out)
     assert output["predictions"] == rows
     return output
-
-
-def test_max_number_matches_the_model():
-    assert predict.MAX_NUMBER == NUM_DIGITS - 1
 
 
 def test_mnist_test_images_match_the_keras_model(trained_run, trained_model, mnist, capsys):
@@ -103,7 +100,7 @@ def write_picture(path, mnist_image, *, dark_on_light, scale=4, mode="L", size=N
 def test_image_files_become_mnist_like(mnist, tmp_path, name, options):
     _, (test_images, _) = mnist
     original = test_images[7]
-    loaded = predict.load_image_file(write_picture(tmp_path / name, original, **options))
+    loaded = images.load_image_file(write_picture(tmp_path / name, original, **options))
     assert loaded.dtype == np.uint8 and loaded.shape == (28, 28)
     if "size" in options:  # padded and scaled: the digit is smaller, still light on dark
         assert loaded[0].max() < 40 and loaded.max() > 200
@@ -117,7 +114,7 @@ def test_transparent_background_counts_as_white(mnist, tmp_path):
     rgba = np.zeros((28, 28, 4), np.uint8)  # black ink, alpha = ink; elsewhere transparent
     rgba[..., 3] = digit
     Image.fromarray(rgba, "RGBA").save(tmp_path / "ink.png")
-    loaded = predict.load_image_file(tmp_path / "ink.png")
+    loaded = images.load_image_file(tmp_path / "ink.png")
     assert np.abs(loaded.astype(int) - digit).mean() < 2
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_adder import export, predict
-from keras_adder.cli import KerasAdderError, run
+from keras_adder import export, predict, saved_model
+from keras_adder.cli import run
+from keras_adder.errors import KerasAdderError
 from keras_adder.data import model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -191,7 +192,7 @@ def test_example_bodies_are_what_write_examples_makes(mnist, tmp_path, capsys):
 
 
 def test_models_config_serves_the_default_export_dir():
-    from keras_adder.train import EXPORT_DIR
+    from keras_adder.constants import DEFAULT_EXPORT_DIR as EXPORT_DIR
 
     config = (REPO / "saved_models" / "models.config").read_text()
     assert 'name: "keras_adder"' in config
@@ -232,11 +233,11 @@ def _half_write(obj, path, **kwargs):
 
 
 @pytest.mark.parametrize("where, patch, raised, message", [
-    ("_check_export", _fail_check, KerasAdderError,
+    ("check_export", _fail_check, KerasAdderError,
      "failed, nothing was written: simulated failure while checking the export"),
     ("tf.saved_model.save", _half_write, KerasAdderError,
      "failed, nothing was written: [Errno 28] No space left on device"),
-    ("_check_export", _interrupt_check, KeyboardInterrupt, None),
+    ("check_export", _interrupt_check, KeyboardInterrupt, None),
 ])
 def test_failed_export_leaves_no_version_and_no_staging(
     base_with_version_1, trained_model, mnist, monkeypatch, where, patch, raised, message
@@ -247,10 +248,10 @@ def test_failed_export_leaves_no_version_and_no_staging(
     if where == "tf.saved_model.save":  # what Keras' ExportArchive.write_out calls
         monkeypatch.setattr(tf.saved_model, "save", patch)
     else:
-        monkeypatch.setattr(export, where, patch)
+        monkeypatch.setattr(saved_model, where, patch)
     before = snapshot(base_with_version_1)
     with pytest.raises(raised) as error:
-        export.export_saved_model(trained_model, base_with_version_1,
+        saved_model.export_saved_model(trained_model, base_with_version_1,
                                   check_images=test_images[:8])
     if message:
         assert message in str(error.value)
@@ -266,12 +267,12 @@ def test_export_takes_the_next_version_and_never_overwrites(
     _, (test_images, test_labels) = mnist
     version_1 = snapshot(base_with_version_1 / "1")
     with pytest.raises(KerasAdderError, match="1 already exists; not overwriting it"):
-        export.export_saved_model(trained_model, base_with_version_1, version=1,
+        saved_model.export_saved_model(trained_model, base_with_version_1, version=1,
                                   check_images=test_images[:8])
-    path = export.export_saved_model(trained_model, base_with_version_1,
+    path = saved_model.export_saved_model(trained_model, base_with_version_1,
                                      check_images=test_images[:8])
     assert path == base_with_version_1 / "2"
-    assert export.existing_versions(base_with_version_1) == [1, 2]
+    assert list(saved_model.existing_versions(base_with_version_1)) == [1, 2]
     assert sorted(p.name for p in base_with_version_1.iterdir()) == ["1", "2"]
     assert snapshot(base_with_version_1 / "1") == version_1
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
@@ -284,9 +285,9 @@ def test_export_takes_the_next_version_and_never_overwrites(
         (base_with_version_1 / "3").mkdir()
         (base_with_version_1 / "3" / "saved_model.pb").write_bytes(b"someone else's")
 
-    monkeypatch.setattr(export, "_check_export", racing_check)
+    monkeypatch.setattr(saved_model, "check_export", racing_check)
     with pytest.raises(KerasAdderError, match="export to .*3 failed, nothing was written"):
-        export.export_saved_model(trained_model, base_with_version_1,
+        saved_model.export_saved_model(trained_model, base_with_version_1,
                                   check_images=test_images[:8])
     assert (base_with_version_1 / "3" / "saved_model.pb").read_bytes() == b"someone else's"
     assert sorted(p.name for p in base_with_version_1.iterdir()) == ["1", "2", "3"]

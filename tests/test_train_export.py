@@ -1,6 +1,7 @@
 """End to end on the real MNIST: train briefly, test, export, reload in a fresh process."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,15 +32,19 @@ def test_run_directory_holds_what_was_promised(trained_run):
     assert [p.name for p in export.parent.iterdir()] == ["1"]  # no staging leftovers
 
 
-def test_finished_run_is_not_trained_again(trained_run, capsys):
-    from keras_adder.train import train
+def test_finished_run_is_not_trained_again(trained_run, tmp_path, capsys):
+    from conftest import SHORT_EPOCHS
+    from keras_adder.recipe import Recipe
+    from keras_adder.training import train
 
-    run_dir = Path(trained_run["keras_path"]).parent
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(trained_run["keras_path"]).parent, run_dir)  # never the fixture's
     before = (run_dir / "history.csv").read_text()
-    again = train(run_dir=run_dir, export_dir=Path(trained_run["export_path"]).parent)
+    again = train(Recipe(epochs=SHORT_EPOCHS), run_dir=run_dir, export_dir=tmp_path / "export")
     assert "finished run" in capsys.readouterr().out
     assert again == trained_run
     assert (run_dir / "history.csv").read_text() == before
+    assert not (tmp_path / "export").exists()
 
 
 RELOAD = """

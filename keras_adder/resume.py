@@ -1,0 +1,173 @@
+"""A run directory: what a run has done, so that the same command finishes it.
+
+    config.json     the recipe; a rerun with other settings is refused
+    history.csv     one row per finished epoch (Keras' CSVLogger)
+    best.keras      the best epoch by validation loss (ModelCheckpoint)
+    backup/         BackupAndRestore's state, kept until metrics.json exists
+    export.json     the SavedModel this run exported, written right after the export
+    metrics.json    the test figures: the run is finished
+    diverged.json   the loss became NaN: the run cannot go on
+
+One process at a time: a second one on the same directory is refused (an OS file lock,
+released when its holder dies). The project never deletes a file it did not write.
+"""
+
+import csv
+import fcntl
+import json
+import os
+import shutil
+from pathlib import Path
+
+from keras_adder.errors import KerasAdderError
+from keras_adder.files import make_dir, write_json
+
+# What keras.callbacks.BackupAndRestore writes into its folder.
+BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
+                "training_metadata.json.bkp")
+LOCK_FILE = ".lock"
+WORKER_PREFIX = "workertemp_"  # the TF multi-worker guide's name for a worker's folder
+
+
+class RunDirectory:
+    def __init__(self, path):
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.history = self.path / "history.csv"
+        self.best_model = self.path / "best.keras"
+        self.backup = self.path / "backup"
+        self.export_record = self.path / "export.json"
+        self.metrics = self.path / "metrics.json"
+        self.diverged = self.path / "diverged.json"
+        self._lock = None
+
+    # --- Before anything is written -------------------------------------------------
+
+    def check(self, config):
+        """Refuse a folder that is not one of our runs, or a run of other settings."""
+        if not self.path.exists():
+            return
+        if not self.path.is_dir():
+            raise KerasAdderError(f"run directory {self.path} is not a directory")
+        strangers = [p.name for p in self.path.iterdir()
+                     if p.name != LOCK_FILE and not p.name.startswith(WORKER_PREFIX)]
+        if strangers and not self.config.exists():
+            raise KerasAdderError(
+                f"run directory {self.path} is not empty and holds no run of this project "
+                f"(no config.json; found {', '.join(sorted(strangers)[:3])}); "
+                f"choose a new --run-dir")
+        self._check_same_config(config)
+        if self.diverged.exists():
+            where = json.loads(self.diverged.read_text())
+            raise KerasAdderError(
+                f"{self.path} diverged (loss NaN at epoch {where['epoch']}, batch "
+                f"{where['batch']}); start a new --run-dir, e.g. with a lower learning rate")
+
+    def _check_same_config(self, config):
+        if not self.config.exists():
+            return
+        saved = json.loads(self.config.read_text())
+        changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in config.items()
+                   if saved.get(key) != value]
+        if changed:
+            raise KerasAdderError(
+                f"{self.path} is a run started with other settings ({'; '.join(changed)}); "
+                f"resume it with the same ones or use a new --run-dir")
+
+    def lock(self):
+        """Hold the run's lock for the life of this process, or refuse at once."""
+        make_dir(self.path, "run directory")
+        handle = open(self.path / LOCK_FILE, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise KerasAdderError(f"run directory {self.path} is in use by {holder}; "
+                                  "wait for it to end or choose another --run-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"process {os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    # --- What the run has done ------------------------------------------------------
+
+    def completed_epochs(self):
+        """Epochs that BackupAndRestore has saved (0 for a new run).
+
+        The pipeline's randomness is keyed by epoch, so a resumed run must start its
+        data at the same epoch that BackupAndRestore restores the weights to.
+        """
+        metadata = self.backup / "training_metadata.json"
+        if not metadata.exists():
+            return 0
+        return int(json.loads(metadata.read_text())["epoch"])
+
+    def is_finished(self):
+        return self.metrics.exists()
+
+    def exported_path(self):
+        """The SavedModel this run already exported, or None."""
+        if not self.export_record.exists():
+            return None
+        return Path(json.loads(self.export_record.read_text())["export_path"])
+
+    def history_rows(self):
+        if not self.history.exists():
+            return []
+        with self.history.open(newline="") as f:
+            return list(csv.DictReader(f))
+
+    def keep_history(self, epochs):
+        """Drop rows of epochs the backup does not hold (a crash between the two writes);
+        return the best validation loss of the rows kept (None when there are none)."""
+        rows = self.history_rows()
+        if len(rows) > epochs:
+            columns = list(rows[0])
+            rows = rows[:epochs]
+            with self.history.open("w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+        losses = [float(row["val_loss"]) for row in rows]
+        return min(losses) if losses else None
+
+    # --- Writing ----------------------------------------------------------------------
+
+    def start(self, config):
+        make_dir(self.path, "run directory")
+        if not self.config.exists():
+            write_json(self.config, config)
+
+    def record_export(self, path):
+        write_json(self.export_record, {"export_path": str(path)})
+
+    def record_divergence(self, epoch, batch):
+        write_json(self.diverged, {"epoch": epoch, "batch": batch})
+
+    def remove_worker_folder(self):
+        """A worker's folder holds only what this run wrote into it."""
+        shutil.rmtree(self.path)
+
+    def finish(self, metrics):
+        """Write metrics.json, then drop the backup: only the files Keras wrote there."""
+        write_json(self.metrics, metrics)
+        for name in BACKUP_FILES:
+            (self.backup / name).unlink(missing_ok=True)
+        if self.backup.is_dir() and not any(self.backup.iterdir()):
+            self.backup.rmdir()
+
+
+def open_run(path, config, *, chief, worker=None):
+    """The run directory of this process, checked, and whether it is finished.
+
+    Under multi-worker only the chief writes into `path`; worker i works in
+    `path/workertemp_i`, the layout of the TF multi-worker guide. Nothing is written
+    here except the lock, and only into a folder that is (or becomes) one of our runs.
+    """
+    run = RunDirectory(path if chief else Path(path) / f"{WORKER_PREFIX}{worker}")
+    run.check(config)
+    run.lock()
+    return run
