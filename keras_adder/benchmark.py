@@ -164,8 +164,19 @@ def serving_speed(export_path, test_images, *, calls, big_batch=1024, big_calls=
     }
 
 
+def _machine():
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "gpus": len(tf.config.list_physical_devices("GPU")),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
+
+
 def run_benchmark(data_dir=None, quick=False, output="bench.json"):
-    """Run every part, print the table, write `output`; return the results dict."""
+    """Run every part, write `output`; return the results dict."""
     (train_images, train_labels), (test_images, test_labels) = load_mnist(data_dir)
     (fit_images, fit_labels), _ = split_validation(train_images, train_labels)
     if quick:  # exercise every code path, measure nothing worth quoting
@@ -177,17 +188,7 @@ def run_benchmark(data_dir=None, quick=False, output="bench.json"):
         reference_timing, epochs, calls = (dict(warmup=3, window=5, windows=3),
                                            RECIPES["default"].epochs, 2000)
     batch = RECIPES["default"].batch_size
-    results = {
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "quick": quick,
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "gpus": len(tf.config.list_physical_devices("GPU")),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "batch_size": batch,
-    }
-
+    results = {**_machine(), "quick": quick, "batch_size": batch}
     print("1. training throughput (model.fit steps)", flush=True)
     compact = training_throughput("compact", fit_images, fit_labels, batch_size=batch, **timing)
     compact_xla = training_throughput("compact", fit_images, fit_labels, batch_size=batch,

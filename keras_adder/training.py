@@ -25,22 +25,16 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
           verbose="auto"):
     """Train, test and export one `recipe.Recipe`; return the metrics of metrics.json.
 
-    Rerunning with the same `run_dir` resumes a stopped run and returns a finished
-    one's metrics. Under multi-worker every worker calls this; only the chief writes
-    `run_dir` and `export_dir`, and the others return None.
+    The same call with the same `run_dir` resumes a stopped run. Under multi-worker
+    every worker calls it; only the chief writes, and the others return None.
     """
     strategy = distribution.choose_strategy(strategy, cpu_replicas)  # before any TF op
     config = {"recipe": recipe_name, **recipe.as_dict()}
-    chief = distribution.is_chief(strategy)
-    run, start_epoch, finished = _open(run_dir, config, strategy, chief)
+    run, start_epoch, finished = _open(run_dir, config, strategy)
     if finished:
         print(f"{run_dir} is a finished run; not training again.")
-        return read_json(run.metrics) if chief else None
-    if not chief:
-        export_dir = run.path / "export"  # a worker's export is thrown away
-    elif run.exported_path() is None:
-        free_version(export_dir, export_version)  # a taken version fails before training
-        check_writable(export_dir, "export directory")
+        return read_json(run.metrics) if distribution.is_chief(strategy) else None
+    export_dir = _export_dir(run, strategy, export_dir, export_version)
 
     # 1. Data: 5,000 training images held out for validation; every image zipped
     #    with a random number by the tf.data pipelines.
@@ -52,8 +46,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     train_batches = data.train_dataset(
         fit_images, fit_labels, batch_size=recipe.batch_size, seed=recipe.seed,
         epochs=recipe.epochs, start_epoch=start_epoch, augment=recipe.augment)
-    val_batches = data.validation_dataset(val_images, val_labels, batch_size=1024,
-                                          seed=recipe.seed)
+    val_batches = data.validation_dataset(val_images, val_labels, batch_size=1024, seed=recipe.seed)
 
     # 2. Model: the functional model, one sparse categorical cross-entropy per head.
     run.start(config)
@@ -78,26 +71,34 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     test = evaluation.evaluate_on_test(best, test_images, test_labels, seed=recipe.seed)
     export_path = run.exported_path() or _export(run, best, export_dir, export_version,
                                                  test_images[:64])
-    if not chief:
-        run.remove_worker_folder()
-        distribution.wait_for_everyone(strategy)
-        return None
+    if not distribution.is_chief(strategy):
+        return _leave_as_worker(run, strategy)
     evaluation.write_run_figures(run.path, best, test_images, test_labels, seed=recipe.seed)
-    metrics = {**config, "params": best.count_params(), "train_images": len(fit_labels),
-               "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
-               "per_replica_batch": recipe.batch_size // strategy.num_replicas_in_sync,
+    metrics = {**config, **_run_facts(run, best, strategy, recipe, len(fit_labels)),
                "train_seconds": round(train_seconds, 1), "test": test,
-               "export_path": str(export_path), "keras_path": str(run.best_model),
-               "history": str(run.history)}
+               "export_path": str(export_path)}
     run.finish(metrics)
     distribution.wait_for_everyone(strategy)
     return metrics
 
 
-def _open(run_dir, config, strategy, chief):
+def _leave_as_worker(run, strategy):
+    run.remove_worker_folder()
+    distribution.wait_for_everyone(strategy)
+
+
+def _run_facts(run, model, strategy, recipe, train_images):
+    return {"params": model.count_params(), "train_images": train_images,
+            "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
+            "per_replica_batch": recipe.batch_size // strategy.num_replicas_in_sync,
+            "keras_path": str(run.best_model), "history": str(run.history)}
+
+
+def _open(run_dir, config, strategy):
     """This process's run directory, checked and locked; the epoch to start from; and
     whether the run is finished (the same answer on every worker)."""
     check_writable(run_dir, "run directory")
+    chief = distribution.is_chief(strategy)
     worker = None if chief else distribution.worker_index(strategy)
     run = open_run(run_dir, config, chief=chief, worker=worker)
     chief_run = RunDirectory(run_dir)
@@ -106,6 +107,16 @@ def _open(run_dir, config, strategy, chief):
     if start_epoch:
         print(f"Resuming {run.path} after epoch {start_epoch} of {config['epochs']}.")
     return run, start_epoch, finished
+
+
+def _export_dir(run, strategy, export_dir, export_version):
+    """Where this process exports; a taken version fails here, before training."""
+    if not distribution.is_chief(strategy):
+        return run.path / "export"  # a worker's export is thrown away
+    if run.exported_path() is None:
+        free_version(export_dir, export_version)
+        check_writable(export_dir, "export directory")
+    return export_dir
 
 
 def _seed_everything(recipe):

@@ -227,7 +227,7 @@ def _interrupt_check(*args):
 
 
 def _half_write(obj, path, **kwargs):
-    Path(path).mkdir()
+    Path(path).mkdir(exist_ok=True)
     (Path(path) / "saved_model.pb").write_bytes(b"\x08\x01 half")
     raise OSError(28, "No space left on device")
 
