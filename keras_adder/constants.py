@@ -25,3 +25,4 @@ MAX_SERVING_BATCH = 1024
 EVALUATION_SPLITS = ("test", "validation")
 EVALUATION_DIR = "runs/evaluation"
 EVALUATION_BATCH = 4096  # pairs per call of a .keras model (a SavedModel takes at most MAX_SERVING_BATCH)
+PROMOTION_POLICIES = ("better", "always")  # see promotion.decide

@@ -36,7 +36,7 @@ MAX_IDX_DIMENSIONS = 3
 
 # Separate streams of the stateless RNG, so that e.g. the test numbers do not depend
 # on how many epochs were trained.
-_TRAIN_STREAM, _VALIDATION_STREAM, _TEST_STREAM = 1, 2, 3
+TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 1, 2, 3
 
 
 # --- Reading IDX files ----------------------------------------------------------------
@@ -181,7 +181,7 @@ def model_targets(digits, numbers):
     return {"digit": digits, "sum": digits + tf.cast(numbers, tf.int32)}
 
 
-def paired_numbers(count, seed, stream=_TEST_STREAM):
+def paired_numbers(count, seed, stream=TEST_STREAM):
     """The fixed numbers 0-9 paired with an evaluation set (same seed, same numbers)."""
     return tf.random.stateless_uniform(
         [count], seed=[seed, stream], minval=0, maxval=NUM_DIGITS, dtype=tf.int32
@@ -233,7 +233,7 @@ def train_dataset(images, labels, *, batch_size, seed, epochs, start_epoch=0, au
     def one_epoch(epoch):
         order_seed, numbers_seed, augment_seed = tf.unstack(
             tf.random.experimental.stateless_split(
-                tf.random.experimental.stateless_fold_in([seed, _TRAIN_STREAM], epoch), 3
+                tf.random.experimental.stateless_fold_in([seed, TRAIN_STREAM], epoch), 3
             )
         )
         order = tf.argsort(tf.random.stateless_uniform([count], order_seed))
@@ -263,7 +263,7 @@ def train_dataset(images, labels, *, batch_size, seed, epochs, start_epoch=0, au
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 
-def eval_dataset(images, labels, *, batch_size, seed, stream=_TEST_STREAM):
+def eval_dataset(images, labels, *, batch_size, seed, stream=TEST_STREAM):
     """Fixed evaluation batches: the same numbers for the same seed, cached."""
     numbers = paired_numbers(len(labels), seed, stream)
     dataset = (
@@ -280,7 +280,7 @@ def eval_dataset(images, labels, *, batch_size, seed, stream=_TEST_STREAM):
 
 
 def validation_dataset(images, labels, *, batch_size, seed):
-    return eval_dataset(images, labels, batch_size=batch_size, seed=seed, stream=_VALIDATION_STREAM)
+    return eval_dataset(images, labels, batch_size=batch_size, seed=seed, stream=VALIDATION_STREAM)
 
 
 def _with_options(dataset):

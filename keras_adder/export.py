@@ -8,10 +8,12 @@ The signature, the checks and the atomic write are described in
 """
 
 import argparse
+from pathlib import Path
 
 from keras_adder import startup
 from keras_adder.cli import positive_int, run
-from keras_adder.constants import DEFAULT_EXPORT_DIR
+from keras_adder.constants import DEFAULT_EXPORT_DIR, PROMOTION_POLICIES
+from keras_adder.recipe import RECIPES
 
 
 def build_parser():
@@ -26,7 +28,14 @@ def build_parser():
     parser.add_argument("--export-version", type=positive_int,
                         help="version number to write (default: next free; an existing "
                         "one is refused)")
-    parser.add_argument("--data-dir", help="MNIST folder for the post-export check "
+    parser.add_argument("--promote", choices=PROMOTION_POLICIES, default="better",
+                        help="better: serve the export only if neither head is less accurate "
+                        "on the validation split than the highest version served now; "
+                        "always: serve it anyway (default: better)")
+    parser.add_argument("--candidate-dir",
+                        help="where the SavedModel is written before promotion (default: "
+                        "saved_model/ next to the .keras file)")
+    parser.add_argument("--data-dir", help="MNIST folder for the checks "
                         "(default: $KERAS_ADDER_DATA, else Keras' download)")
     return parser
 
@@ -35,15 +44,18 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
-    from keras_adder import data, model, saved_model
+    from keras_adder import data, model, promotion, saved_model
 
     saved_model.free_version(args.export_dir, args.export_version)  # before the slow part
     keras_model = model.load_keras_model(args.model)
-    _, (test_images, _) = data.load_mnist(args.data_dir)
-    path = saved_model.export_saved_model(keras_model, args.export_dir, args.export_version,
-                                          check_images=test_images[:64])
-    print(f"SavedModel written to {path}")
-    return path
+    (train_images, train_labels), (test_images, _) = data.load_mnist(args.data_dir)
+    served, candidate, why = promotion.export_and_promote(
+        keras_model, args.candidate_dir or Path(args.model).parent / "saved_model",
+        args.export_dir, version=args.export_version, policy=args.promote,
+        validation=data.split_validation(train_images, train_labels)[1],
+        seed=RECIPES["default"].seed, check_images=test_images[:64])
+    print(f"SavedModel written to {candidate}; {why}")
+    return served
 
 
 if __name__ == "__main__":

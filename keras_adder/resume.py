@@ -4,7 +4,8 @@
     history.csv     one row per finished epoch (Keras' CSVLogger)
     best.keras      the best epoch by validation loss (ModelCheckpoint)
     backup/         BackupAndRestore's state, kept until metrics.json exists
-    export.json     the SavedModel this run exported, written right after the export
+    saved_model/    the run's SavedModel (the candidate), served only if promoted
+    export.json     what was exported and promoted, written right after each step
     metrics.json    the test figures: the run is finished
     diverged.json   the loss became NaN: the run cannot go on
 
@@ -20,7 +21,7 @@ import shutil
 from pathlib import Path
 
 from keras_adder.errors import KerasAdderError
-from keras_adder.files import make_dir, write_json
+from keras_adder.files import make_dir, read_json, write_json
 
 # What keras.callbacks.BackupAndRestore writes into its folder.
 BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
@@ -108,11 +109,10 @@ class RunDirectory:
     def is_finished(self):
         return self.metrics.exists()
 
-    def exported_path(self):
-        """The SavedModel this run already exported, or None."""
-        if not self.export_record.exists():
-            return None
-        return Path(json.loads(self.export_record.read_text())["export_path"])
+    def exported(self):
+        """What this run has exported so far: {"candidate", "served", "decision"}, or
+        fewer keys (none before its export)."""
+        return read_json(self.export_record) if self.export_record.exists() else {}
 
     def history_rows(self):
         if not self.history.exists():
@@ -141,8 +141,8 @@ class RunDirectory:
         if not self.config.exists():
             write_json(self.config, config)
 
-    def record_export(self, path):
-        write_json(self.export_record, {"export_path": str(path)})
+    def record_export(self, **done):
+        write_json(self.export_record, done)
 
     def record_divergence(self, epoch, batch):
         write_json(self.diverged, {"epoch": epoch, "batch": batch})

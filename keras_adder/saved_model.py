@@ -140,9 +140,10 @@ def check_export(path, model, images, numbers):
     # TensorFlow log an alarming "rendezvous is aborting" line in every training run.
 
 
-def _claim_staging(export_dir, version):
-    """A new staging folder, locked for as long as this process lives; staging folders
-    whose writer died (their lock is free) are removed first."""
+def claim_staging(export_dir, version):
+    """(folder, lock descriptor): a new staging folder, locked until the descriptor is
+    closed or this process dies; staging folders whose writer died (their lock is
+    free) are removed first."""
     for leftover in export_dir.glob(f"{STAGING_PREFIX}*"):
         if leftover.is_dir() and not leftover.is_symlink():
             descriptor = os.open(leftover, os.O_RDONLY)
@@ -177,7 +178,7 @@ def export_saved_model(model, export_dir, version=None, *, check_images, extra=N
     except OSError as error:
         raise KerasAdderError(f"cannot create export directory {export_dir} "
                               f"({error.strerror})") from None
-    staging, lock = _claim_staging(export_dir, version)
+    staging, lock = claim_staging(export_dir, version)
     try:
         archive = keras.export.ExportArchive()
         archive.track(model)

@@ -16,7 +16,9 @@ from pathlib import Path
 
 from keras_adder import startup
 from keras_adder.cli import integer, number, positive_int, run
-from keras_adder.constants import ARCHITECTURES, DEFAULT_EXPORT_DIR, RUNS_DIR, STRATEGIES
+from keras_adder.constants import (
+    ARCHITECTURES, DEFAULT_EXPORT_DIR, PROMOTION_POLICIES, RUNS_DIR, STRATEGIES,
+)
 from keras_adder.errors import KerasAdderError
 from keras_adder.recipe import RECIPES, make_recipe, settings
 
@@ -60,6 +62,11 @@ def build_parser():
                         f"version>/ (default: {DEFAULT_EXPORT_DIR})")
     parser.add_argument("--export-version", type=positive_int,
                         help="export as this version number (refused if it exists)")
+    parser.add_argument("--promote", choices=PROMOTION_POLICIES, default="better",
+                        help="better: the run's SavedModel becomes the next served version "
+                        "only if neither head is less accurate on the validation split than "
+                        "the highest version served now (else it stays a candidate in the "
+                        "run directory); always: serve it anyway (default: better)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard logs to <run-dir>/tensorboard")
     parser.add_argument("--dry-run", action="store_true",
@@ -84,7 +91,7 @@ def main(argv=None):
         return None
     metrics = training.train(
         recipe, recipe_name=args.recipe, data_dir=args.data_dir, run_dir=run_dir,
-        export_dir=args.export_dir, export_version=args.export_version,
+        export_dir=args.export_dir, export_version=args.export_version, promote=args.promote,
         strategy=args.strategy, cpu_replicas=args.cpu_replicas,
         tensorboard=args.tensorboard)
     if metrics:

@@ -10,19 +10,19 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from keras_adder import data, distribution, evaluation, signals
+from keras_adder import data, distribution, evaluation, promotion, signals
 from keras_adder.callbacks import StopOnNaN, make_callbacks
 from keras_adder.constants import DEFAULT_EXPORT_DIR
 from keras_adder.errors import KerasAdderError
 from keras_adder.files import check_writable, read_json
 from keras_adder.model import build_model, compile_model
 from keras_adder.resume import RunDirectory, open_run
-from keras_adder.saved_model import export_saved_model, free_version
+from keras_adder.saved_model import free_version
 
 
 def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=DEFAULT_EXPORT_DIR,
-          export_version=None, strategy="auto", cpu_replicas=None, tensorboard=False,
-          verbose="auto"):
+          export_version=None, promote="better", strategy="auto", cpu_replicas=None,
+          tensorboard=False, verbose="auto"):
     """Train, test and export one `recipe.Recipe`; return the metrics of metrics.json.
 
     The same call with the same `run_dir` resumes a stopped run. Under multi-worker
@@ -66,17 +66,17 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
         _check_converged(run, callbacks)
     train_seconds = time.perf_counter() - started
 
-    # 4. Test the best epoch, then export it for TF Serving.
+    # 4. Test the best epoch, export it, and serve it if it is at least as good.
     best = keras.saving.load_model(run.best_model)
     test = evaluation.evaluate_on_test(best, test_images, test_labels, seed=recipe.seed)
-    export_path = run.exported_path() or _export(run, best, export_dir, export_version,
-                                                 test_images[:64])
+    export_path = _export(run, best, export_dir, export_version, promote, recipe.seed,
+                          validation=(val_images, val_labels), check_images=test_images[:64])
     if not distribution.is_chief(strategy):
         return _leave_as_worker(run, strategy)
     evaluation.write_run_figures(run.path, best, test_images, test_labels, seed=recipe.seed)
     metrics = {**config, **_run_facts(run, best, strategy, recipe, len(fit_labels)),
                "train_seconds": round(train_seconds, 1), "test": test,
-               "export_path": str(export_path)}
+               "export_path": export_path, "candidate_path": run.exported()["candidate"]}
     run.finish(metrics)
     distribution.wait_for_everyone(strategy)
     return metrics
@@ -113,7 +113,7 @@ def _export_dir(run, strategy, export_dir, export_version):
     """Where this process exports; a taken version fails here, before training."""
     if not distribution.is_chief(strategy):
         return run.path / "export"  # a worker's export is thrown away
-    if run.exported_path() is None:
+    if "decision" not in run.exported():
         free_version(export_dir, export_version)
         check_writable(export_dir, "export directory")
     return export_dir
@@ -139,12 +139,18 @@ def _check_converged(run, callbacks):
             f"nothing was exported. Start a new --run-dir, e.g. with a lower learning rate")
 
 
-def _export(run, model, export_dir, export_version, check_images):
-    """Export once: the run records its SavedModel before doing anything else, so a
+def _export(run, model, export_dir, export_version, policy, seed, *, validation, check_images):
+    """Export once, then promote: the run records each step before the next, so a
     rerun after a later crash finishes without exporting again."""
-    path = export_saved_model(model, export_dir, export_version, check_images=check_images)
-    run.record_export(path)
-    return path
+    done = run.exported()
+    if "decision" not in done:
+        served, _, why = promotion.export_and_promote(
+            model, run.path / "saved_model", export_dir, version=export_version,
+            policy=policy, validation=validation, seed=seed, check_images=check_images,
+            candidate=done.get("candidate"), record=run.record_export)
+        print(why)
+        done = run.exported()
+    return done["served"]
 
 
 def summary_line(metrics):
@@ -153,5 +159,7 @@ def summary_line(metrics):
     return (f"\nTest (10,000 images, seed {metrics['seed']}): digit accuracy "
             f"{test['digit_accuracy']:.2%}, sum accuracy {test['sum_accuracy']:.2%}\n"
             f"{metrics['params']:,} parameters, {metrics['train_seconds']:.0f} s of training\n"
-            f"Best model: {metrics['keras_path']}\nSavedModel: {metrics['export_path']}\n"
+            f"Best model: {metrics['keras_path']}\n"
+            f"SavedModel: {metrics['export_path'] or 'not served'} (candidate: "
+            f"{metrics['candidate_path']})\n"
             f"Metrics:    {Path(metrics['keras_path']).parent / 'metrics.json'}")
