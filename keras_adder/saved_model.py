@@ -32,12 +32,14 @@ import tensorflow as tf
 from keras_adder.constants import IMAGE_SIZE, MAX_SERVING_BATCH, NUM_DIGITS, NUM_SUMS, SIGNATURE
 from keras_adder.data import model_inputs
 from keras_adder.errors import KerasAdderError
+from keras_adder.warmup import write_warmup_requests
 
 # TF Serving reads a version folder's name as a decimal int64; ASCII digits only
 # ("٣" passes str.isdigit() but is no version).
 _VERSION_NAME = re.compile(r"[0-9]+")
 _MAX_VERSION = 2**63 - 1
 STAGING_PREFIX = ".staging-"
+WARMUP_EXAMPLES = 5  # real test images that TF Serving replays when it loads a version
 
 
 # --- Versions ---------------------------------------------------------------------------
@@ -162,13 +164,13 @@ def claim_staging(export_dir, version):
     return staging, descriptor
 
 
-def export_saved_model(model, export_dir, version=None, *, check_images, extra=None):
+def export_saved_model(model, export_dir, version=None, *, check_images):
     """Write `model` to `<export_dir>/<version>/` atomically; return that path.
 
     `version` defaults to the next free integer; an existing one is refused.
     `check_images` (uint8 [N, 28, 28], each paired with a number) are run through the
-    written SavedModel before it is given its number. `extra(staging_path)`, if given,
-    adds files (e.g. warm-up requests) before the check.
+    written SavedModel before it is given its number; the first few also become its
+    TF Serving warm-up requests.
     """
     export_dir = Path(export_dir)
     version = free_version(export_dir, version)
@@ -184,10 +186,11 @@ def export_saved_model(model, export_dir, version=None, *, check_images, extra=N
         archive.track(model)
         archive.add_endpoint(SIGNATURE, make_serving_function(model))
         archive.write_out(str(staging), verbose=False)
-        if extra is not None:
-            extra(staging)
+        check_images = np.asarray(check_images, np.uint8)
         check_numbers = np.arange(len(check_images), dtype=np.int32) % NUM_DIGITS
-        check_export(staging, model, np.asarray(check_images, np.uint8), check_numbers)
+        write_warmup_requests(staging, check_images[:WARMUP_EXAMPLES],
+                              check_numbers[:WARMUP_EXAMPLES])
+        check_export(staging, model, check_images, check_numbers)
         # rename() refuses a non-empty target, so a version that appeared meanwhile
         # is not replaced either.
         staging.rename(final)
