@@ -9,8 +9,8 @@
     metrics.json    the test figures: the run is finished
     diverged.json   the loss became NaN: the run cannot go on
 
-One process at a time: a second one on the same directory is refused (an OS file lock,
-released when its holder dies). The project never deletes a file it did not write.
+One process at a time: a second one on the same directory is refused (an OS lock on
+the folder, released when its holder dies). The project never deletes a file it did not write.
 """
 
 import csv
@@ -26,7 +26,6 @@ from keras_adder.files import make_dir, read_json, write_json
 # What keras.callbacks.BackupAndRestore writes into its folder.
 BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
                 "training_metadata.json.bkp")
-LOCK_FILE = ".lock"
 WORKER_PREFIX = "workertemp_"  # the TF multi-worker guide's name for a worker's folder
 
 
@@ -50,8 +49,7 @@ class RunDirectory:
             return
         if not self.path.is_dir():
             raise KerasAdderError(f"run directory {self.path} is not a directory")
-        strangers = [p.name for p in self.path.iterdir()
-                     if p.name != LOCK_FILE and not p.name.startswith(WORKER_PREFIX)]
+        strangers = [p.name for p in self.path.iterdir() if not p.name.startswith(WORKER_PREFIX)]
         if strangers and not self.config.exists():
             raise KerasAdderError(
                 f"run directory {self.path} is not empty and holds no run of this project "
@@ -76,22 +74,20 @@ class RunDirectory:
                 f"resume it with the same ones or use a new --run-dir")
 
     def lock(self):
-        """Hold the run's lock for the life of this process, or refuse at once."""
+        """Hold the run's lock for the life of this process, or refuse at once.
+
+        An OS lock on the folder itself: it writes nothing, and it is released when
+        its holder dies, however it dies.
+        """
         make_dir(self.path, "run directory")
-        handle = open(self.path / LOCK_FILE, "a+")
+        descriptor = os.open(self.path, os.O_RDONLY)
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            raise KerasAdderError(f"run directory {self.path} is in use by {holder}; "
+            os.close(descriptor)
+            raise KerasAdderError(f"run directory {self.path} is in use by another process; "
                                   "wait for it to end or choose another --run-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"process {os.getpid()}\n")
-        handle.flush()
-        self._lock = handle
+        self._lock = descriptor
 
     # --- What the run has done ------------------------------------------------------
 
@@ -137,7 +133,9 @@ class RunDirectory:
     # --- Writing ----------------------------------------------------------------------
 
     def start(self, config):
-        make_dir(self.path, "run directory")
+        """Lock the run (refused if another process holds it) and record its settings."""
+        self.lock()
+        self.check(config)  # what the other process may have written meanwhile
         if not self.config.exists():
             write_json(self.config, config)
 
@@ -161,13 +159,11 @@ class RunDirectory:
 
 
 def open_run(path, config, *, chief, worker=None):
-    """The run directory of this process, checked, and whether it is finished.
+    """The run directory of this process, checked; nothing is written yet.
 
     Under multi-worker only the chief writes into `path`; worker i works in
-    `path/workertemp_i`, the layout of the TF multi-worker guide. Nothing is written
-    here except the lock, and only into a folder that is (or becomes) one of our runs.
+    `path/workertemp_i`, the layout of the TF multi-worker guide.
     """
     run = RunDirectory(path if chief else Path(path) / f"{WORKER_PREFIX}{worker}")
     run.check(config)
-    run.lock()
     return run

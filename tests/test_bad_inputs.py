@@ -16,6 +16,7 @@ import pytest
 
 from keras_adder import evaluate, export, predict, train
 from keras_adder.cli import run
+from keras_adder.recipe import Recipe
 
 QUICK = ["--epochs", "1", "--train-examples", "64"]
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -102,10 +103,9 @@ def _existing_version(tmp, data_dir):
 
 def _resume_with_other_settings(tmp, data_dir):
     (tmp / "run").mkdir()
-    started = {"arch": "reference", "epochs": 1, "batch_size": 128, "learning_rate": 0.003,
-               "weight_decay": 0.0001, "digit_loss_weight": 1.0, "sum_loss_weight": 1.0,
-               "augment": True, "seed": 1337, "train_examples": 64}
-    (tmp / "run" / "config.json").write_text(json.dumps(started))
+    started = Recipe(arch="reference", epochs=1, train_examples=64)
+    (tmp / "run" / "config.json").write_text(json.dumps({"recipe": "default",
+                                                         **started.as_dict()}))
     return [*QUICK, "--run-dir", str(tmp / "run"), "--export-dir", str(tmp / "export")]
 
 

@@ -186,7 +186,7 @@ BAD_INPUTS = {
     "MNIST index 10000": (["--mnist-test-index", "10000", "--number", "3"],
                           "MNIST test index 10000 is outside 0-9999"),
     "MNIST index -1": (["--mnist-test-index", "-1", "--number", "3"],
-                       "MNIST test index -1 is below 0"),
+                       "MNIST test index -1 is outside 0-9999"),
     "--show in a missing folder": (["digit.png", "--number", "3", "--show", "no/out.png"],
                                    "--show no/out.png: folder no does not exist"),
     "--show of an unknown type": (["digit.png", "--number", "3", "--show", "out.xyz"],
