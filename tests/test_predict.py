@@ -1,6 +1,7 @@
 """`python -m keras_adder.predict`: images in, the exported model's answers out."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -247,3 +248,20 @@ def test_cli_process_prints_exactly_one_line_for_a_bad_file(tmp_path):
     assert result.returncode == 2
     assert result.stdout == ""
     assert result.stderr == "error: gone.png: no such file\n"
+
+
+def test_commands_start_quietly(trained_run, data_dir, tmp_path):
+    """No TensorFlow start-up lines (cuInit, cudart, oneDNN) unless the user asks."""
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "TF_CPP_MIN_LOG_LEVEL"}
+    command = [sys.executable, "-m", "keras_adder.predict", "--mnist-test-index", "0",
+               "--number", "3", "--model", trained_run["export_path"], "--data-dir",
+               str(data_dir)]
+    quiet = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                           env=environment, timeout=300)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stderr == ""
+    assert "mnist-test[0]" in quiet.stdout
+    asked = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path,
+                           env={**environment, "TF_CPP_MIN_LOG_LEVEL": "0"}, timeout=300)
+    assert asked.returncode == 0 and asked.stderr  # the user's setting wins
