@@ -5,7 +5,7 @@ The two tests run in this order: the first changes the state as a training run d
 the second must find it as the session started.
 """
 
-import keras
+from keras.src.backend.common import global_state
 from tensorflow.python.eager import context
 from tensorflow.python.framework import config
 
@@ -13,12 +13,15 @@ from keras_adder.recipe import Recipe
 from keras_adder.training import _seed_everything
 
 
-def test_a_test_that_seeds_and_turns_on_op_determinism():
-    _seed_everything(Recipe(seed=7, deterministic=not config.is_op_determinism_enabled()))
-    assert keras.utils.get_random_seed() == 7 and context.global_seed() == 7
+def test_a_test_that_seeds_and_switches_op_determinism(initial_global_state):
+    _seed_everything(Recipe(seed=7, deterministic=not initial_global_state.determinism))
+    assert config.is_op_determinism_enabled() != initial_global_state.determinism
+    assert global_state.get_global_attribute("global_random_seed") == 7
+    assert context.global_seed() == 7
 
 
 def test_finds_the_state_the_session_started_with(initial_global_state):
     assert config.is_op_determinism_enabled() == initial_global_state.determinism
     assert context.global_seed() == initial_global_state.tf_seed
-    assert keras.utils.get_random_seed() == initial_global_state.keras["global_random_seed"]
+    assert (global_state.get_global_attribute("global_random_seed")
+            == initial_global_state.keras["global_random_seed"])
