@@ -60,7 +60,7 @@ def test_highest_version_is_numeric_not_alphabetical(trained_run, tmp_path, caps
     assert output["model"] == str(tmp_path / "10")
 
 
-def test_table_has_a_row_per_image(trained_run, mnist, tmp_path, capsys):
+def test_table_has_a_row_per_image(trained_run, trained_model, mnist, tmp_path, capsys):
     _, (test_images, test_labels) = mnist
     np.save(tmp_path / "three.npy", test_images[:3])
     predict.main(["--model", trained_run["export_path"], str(tmp_path / "three.npy"),
@@ -69,12 +69,14 @@ def test_table_has_a_row_per_image(trained_run, mnist, tmp_path, capsys):
     assert lines[0] == f"model: {trained_run['export_path']}"
     assert lines[1].split() == ["image", "number", "digit", "p(digit)", "sum", "p(sum)"]
     assert len(lines) == 5
+    expected = trained_model.predict(model_inputs(test_images[:3], np.full(3, 4)), verbose=0)
     for i, line in enumerate(lines[2:]):
-        cells = line.split()
-        assert cells[0] == f"{tmp_path / 'three.npy'}[{i}]"
-        assert cells[1] == "4"
-        assert 0 <= int(cells[2]) <= 9 and 0 <= int(cells[4]) <= 18
-        assert 0 < float(cells[3]) <= 1 and 0 < float(cells[5]) <= 1
+        cells, digit, total = line.split(), expected["digit"][i], expected["sum"][i]
+        assert cells[:3] == [f"{tmp_path / 'three.npy'}[{i}]", "4", str(digit.argmax())]
+        assert cells[4] == str(total.argmax())
+        # Printed with 3 decimals; the SavedModel's probabilities are within 1e-5.
+        assert float(cells[3]) == pytest.approx(digit.max(), abs=5e-4 + 1e-5)
+        assert float(cells[5]) == pytest.approx(total.max(), abs=5e-4 + 1e-5)
 
 
 # --- Image files -----------------------------------------------------------------------
