@@ -37,6 +37,7 @@ MNIST_CENTRE = 14.0  # row and column of the centre of mass (0-based pixel indic
 # thickened to MNIST's median.
 MNIST_STROKE = 2.0
 THIN_STROKE = 1.3
+THICK_STROKE = 2.5  # MNIST: 75 % of digits are thinner than 2.4, 95 % than 3.1
 
 # A 48-megapixel phone photo still loads; Pillow's own warning starts at 89 MP and its
 # error at 179 MP, far more memory than a digit needs.
@@ -466,23 +467,36 @@ def _mnist_image(ink, mask):
     near = _grey_dilate(mask.astype(np.float32), 1) > 0
     level = float(np.percentile(ink[mask], 80))  # the stroke's core becomes full white
     ink = np.where(near, np.clip(ink / level, 0.0, 1.0), 0.0).astype(np.float32)
-    rows, cols = np.nonzero(mask)
+    # The box holds the soft edge too: on a coarse scan it is a whole cell of the digit.
+    rows, cols = np.nonzero(ink)
     crop = ink[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
-    crop = _thicken(crop, mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1])
+    crop = _restroke(crop, mask[rows.min():rows.max() + 1, cols.min():cols.max() + 1])
     return _centred(_fit_box(crop))
 
 
-def _thicken(crop, mask):
-    """Strokes thinner than THIN_STROKE once scaled into the box are widened (grey
-    dilation) to MNIST's median stroke, so a fine pen on a big picture stays visible."""
+def _restroke(crop, mask):
+    """Bring the stroke width, once scaled into the box, within MNIST's range: strokes
+    thinner than THIN_STROKE (a fine pen on a big picture, which would nearly vanish)
+    are widened to MNIST's median by grey dilation; strokes thicker than THICK_STROKE
+    (a marker, a blob) are narrowed to THICK_STROKE by grey erosion."""
     longest = max(crop.shape)
     width = _stroke_width(mask)
-    if width * MNIST_BOX / longest >= THIN_STROKE:
+    scaled = width * MNIST_BOX / longest
+    if THIN_STROKE <= scaled <= THICK_STROKE:
         return crop
-    # Dilating by r grows the crop by 2r too: solve (w + 2r) / (L + 2r) = target / box.
-    ratio = MNIST_STROKE / MNIST_BOX
-    radius = int(np.ceil((ratio * longest - width) / (2 * (1 - ratio))))
-    return _grey_dilate(np.pad(crop, radius), radius)
+    # Dilating (eroding) by r grows (shrinks) the stroke and the crop by 2r: solve
+    # (w ± 2r) / (L ± 2r) = target / box for r.
+    ratio = (MNIST_STROKE if scaled < THIN_STROKE else THICK_STROKE) / MNIST_BOX
+    radius = int(round(abs(ratio * longest - width) / (2 * (1 - ratio))))
+    if radius == 0:
+        return crop
+    if scaled < THIN_STROKE:
+        return _grey_dilate(np.pad(crop, radius), radius)
+    thinned = -_grey_dilate(-crop, radius)
+    rows, cols = np.nonzero(thinned > 0)
+    if len(rows) == 0:
+        return crop
+    return thinned[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
 
 
 def _stroke_width(mask):
@@ -509,15 +523,17 @@ def _grey_dilate(image, radius):
 
 
 def _fit_box(crop):
-    """Scale (aspect ratio kept) so that the longer side is MNIST_BOX pixels:
-    Lanczos when reducing (anti-aliased), bilinear when enlarging (no ringing)."""
+    """Scale (aspect ratio kept) so that the longer side is MNIST_BOX pixels, with
+    Lanczos: anti-aliased when reducing, and when enlarging a coarse scan (8x8 cells)
+    it keeps the strokes' shapes far better than bilinear (81 % → 92 % read on
+    scikit-learn's digits with a 3-epoch model); its ringing is clipped."""
     from PIL import Image
 
     height, width = crop.shape
     scale = MNIST_BOX / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    method = Image.Resampling.LANCZOS if scale < 1 else Image.Resampling.BILINEAR
-    box = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(size, method))
+    box = np.asarray(Image.fromarray(crop.astype(np.float32)).resize(
+        size, Image.Resampling.LANCZOS))
     return np.clip(box, 0.0, 1.0)
 
 

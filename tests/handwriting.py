@@ -163,8 +163,8 @@ def pen_digit(label, rng):
     """A clean pen-stroke picture of `label` (PNG bytes): random canvas, pen width, slant,
     size, position and polarity; a quarter of them tightly cropped."""
     canvas = int(rng.integers(28, 400))
-    size = canvas * rng.uniform(0.4, 0.8)
-    pen = max(1, int(round(size * rng.uniform(0.06, 0.16))))
+    size = canvas * rng.uniform(0.4, 0.7)
+    pen = max(1, int(round(size * rng.uniform(0.06, 0.14))))
     slant, squeeze = rng.uniform(-0.3, 0.3), rng.uniform(0.6, 0.95)
     strokes = [[((x * squeeze + slant * (1 - y)) * size * 0.75, y * size) for x, y in stroke]
                for stroke in TEMPLATES[label]]
@@ -238,6 +238,15 @@ PHOTO_SETS = {
 }
 
 
+def read_sets(out_dir):
+    """{set: [(path, label)]} as `build` listed them in out_dir/labels.csv."""
+    sets = {}
+    with open(Path(out_dir) / "labels.csv", newline="") as file:
+        for row in csv.DictReader(file):
+            sets.setdefault(row["set"], []).append((Path(row["path"]), int(row["label"])))
+    return sets
+
+
 def _png(pixels):
     out = io.BytesIO()
     Image.fromarray(pixels).save(out, "PNG")
@@ -298,8 +307,10 @@ def main(argv=None):
     parser.add_argument("out_dir")
     parser.add_argument("--measure", metavar="MODEL", help="a SavedModel to measure")
     parser.add_argument("--limit", type=int, help="at most this many pictures per set")
+    parser.add_argument("--reuse", action="store_true",
+                        help="measure the pictures listed in OUT_DIR/labels.csv, not new ones")
     args = parser.parse_args(argv)
-    sets = build(args.out_dir, args.limit)
+    sets = read_sets(args.out_dir) if args.reuse else build(args.out_dir, args.limit)
     for name, rows in sets.items():
         print(f"{name}: {len(rows)} pictures")
     if args.measure:
