@@ -101,12 +101,11 @@ def write_picture(path, mnist_image, *, dark_on_light, scale=4, mode="L", size=N
 def test_image_files_become_mnist_like(mnist, tmp_path, name, options):
     _, (test_images, _) = mnist
     original = test_images[7]
-    loaded = images.load_image_file(write_picture(tmp_path / name, original, **options))
+    loaded = images.load_digit(write_picture(tmp_path / name, original, **options)).image
     assert loaded.dtype == np.uint8 and loaded.shape == (28, 28)
-    if "size" in options:  # padded and scaled: the digit is smaller, still light on dark
-        assert loaded[0].max() < 40 and loaded.max() > 200
-    else:
-        assert np.abs(loaded.astype(int) - original).mean() < 8  # JPEG and resampling
+    assert loaded[0].max() < 40 and loaded.max() > 200  # light digit, dark border
+    # Re-prepared as MNIST was prepared: the same digit, up to resampling and JPEG.
+    assert np.corrcoef(loaded.ravel(), original.ravel())[0, 1] > 0.9
 
 
 def test_transparent_background_counts_as_white(mnist, tmp_path):
@@ -115,8 +114,8 @@ def test_transparent_background_counts_as_white(mnist, tmp_path):
     rgba = np.zeros((28, 28, 4), np.uint8)  # black ink, alpha = ink; elsewhere transparent
     rgba[..., 3] = digit
     Image.fromarray(rgba, "RGBA").save(tmp_path / "ink.png")
-    loaded = images.load_image_file(tmp_path / "ink.png")
-    assert np.abs(loaded.astype(int) - digit).mean() < 2
+    loaded = images.load_digit(tmp_path / "ink.png").image
+    assert np.corrcoef(loaded.ravel(), digit.ravel())[0, 1] > 0.95
 
 
 def test_pictures_and_arrays_get_the_right_digits(trained_run, mnist, tmp_path, capsys):
