@@ -67,7 +67,7 @@ def test_table_has_a_row_per_image(trained_run, mnist, tmp_path, capsys):
                   "--number", "4"])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"model: {trained_run['export_path']}"
-    assert lines[1].split() == ["image", "number", "digit", "p(digit)", "sum", "p(sum)"]
+    assert lines[1].split() == ["image", "number", "digit", "p(digit)", "sum", "p(sum)", "note"]
     assert len(lines) == 5
     for i, line in enumerate(lines[2:]):
         cells = line.split()
@@ -75,6 +75,19 @@ def test_table_has_a_row_per_image(trained_run, mnist, tmp_path, capsys):
         assert cells[1] == "4"
         assert 0 <= int(cells[2]) <= 9 and 0 <= int(cells[4]) <= 18
         assert 0 < float(cells[3]) <= 1 and 0 < float(cells[5]) <= 1
+        unsure = min(float(cells[3]), float(cells[5])) < images.UNSURE_BELOW
+        assert cells[6:] == (["unsure"] if unsure else [])
+
+
+def test_answers_below_the_threshold_are_flagged_unsure():
+    outputs = {"digit": np.array([3, 3]), "sum": np.array([5, 5]),
+               "digit_probabilities": np.full((2, 10), 0.01),
+               "sum_probabilities": np.full((2, 19), 0.01)}
+    outputs["digit_probabilities"][:, 3] = [0.95, images.UNSURE_BELOW - 0.01]
+    outputs["sum_probabilities"][:, 5] = [0.97, 0.99]
+    rows = predict.prediction_rows(["a", "b"], [2, 2], [None, None], outputs)
+    assert [row["unsure"] for row in rows] == [False, True]
+    assert predict.format_table(rows).splitlines()[2].endswith("unsure")
 
 
 # --- Image files -----------------------------------------------------------------------
