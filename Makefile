@@ -2,9 +2,11 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The oldest TensorFlow the docs promise to load the SavedModel (docs/serving-versions.md).
+COMPAT_VENV := .venv-serving-compat
 ARGS ?=
 
-.PHONY: train test bench clean
+.PHONY: train test bench serving-compat clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +19,23 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+$(COMPAT_VENV)/.installed: requirements-serving-compat.txt
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install --quiet -r requirements-serving-compat.txt
+	touch $@
+
 train: $(VENV)/.runtime  ## train the default model, test it, export a SavedModel
 	$(PY) -m keras_adder.train $(ARGS)
 
-test: $(VENV)/.dev  ## run the whole test suite (trains small models on real MNIST)
+test: $(VENV)/.dev $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.runtime  ## training/pipeline/serving benchmark, writes bench.json
 	$(PY) -m keras_adder.bench $(ARGS)
 
+serving-compat: $(VENV)/.runtime  ## SavedModel vs TensorFlow 2.12-2.21 (TF Serving's loader)
+	$(PY) serving_compat/matrix.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build runs .pytest_cache
