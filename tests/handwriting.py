@@ -290,7 +290,7 @@ def measure(sets, model):
 
     path, loaded = load_saved_model(model)
     print(f"model: {path}")
-    print(f"{'set':22s} {'n':>5s}  {'old digit':>9s} {'old sum':>8s}  "
+    print(f"{'set':36s} {'n':>5s}  {'old digit':>9s} {'old sum':>8s}  "
           f"{'new digit':>9s} {'new sum':>8s} {'unsure':>7s} {'refused':>7s}")
     for name, rows in sets.items():
         labels = [label for _, label in rows]
@@ -298,7 +298,7 @@ def measure(sets, model):
         prepared = [prep.prepare_digit(prep.load_image(p)) for p, _ in rows]
         refused = np.mean([prep.digit_problem(p) is not None for p in prepared])
         new = accuracy(loaded, [p.image for p in prepared], labels)
-        print(f"{name:22s} {len(rows):5d}  {old[0]:9.2%} {old[1]:8.2%}  "
+        print(f"{name:36s} {len(rows):5d}  {old[0]:9.2%} {old[1]:8.2%}  "
               f"{new[0]:9.2%} {new[1]:8.2%} {new[2]:7.2%} {refused:7.2%}")
 
 
