@@ -273,7 +273,7 @@ def numbers_for(count):
 def accuracy(loaded, images, labels):
     """(digit accuracy, sum accuracy, unsure fraction) of a loaded SavedModel."""
     from keras_adder import images as prep
-    from keras_adder.predict import run_signature
+    from keras_adder.saved_model import run_signature
 
     labels = np.asarray(labels)
     numbers = numbers_for(len(labels))
@@ -284,22 +284,20 @@ def accuracy(loaded, images, labels):
 
 
 def measure(sets, model):
-    """Print, per set, the accuracies with predict's old preparation and the new one."""
+    """Print, per set, the accuracies with predict's preparation (keras_adder.images)."""
     from keras_adder import images as prep
-    from keras_adder.predict import load_image_file, load_saved_model
+    from keras_adder.saved_model import load_saved_model
 
     path, loaded = load_saved_model(model)
     print(f"model: {path}")
-    print(f"{'set':36s} {'n':>5s}  {'old digit':>9s} {'old sum':>8s}  "
-          f"{'new digit':>9s} {'new sum':>8s} {'unsure':>7s} {'refused':>7s}")
+    print(f"{'set':36s} {'n':>5s}  {'digit':>9s} {'sum':>8s} {'unsure':>7s} {'refused':>7s}")
     for name, rows in sets.items():
         labels = [label for _, label in rows]
-        old = accuracy(loaded, [load_image_file(p) for p, _ in rows], labels)
         prepared = [prep.prepare_digit(prep.load_image(p)) for p, _ in rows]
         refused = np.mean([prep.digit_problem(p) is not None for p in prepared])
         new = accuracy(loaded, [p.image for p in prepared], labels)
-        print(f"{name:36s} {len(rows):5d}  {old[0]:9.2%} {old[1]:8.2%}  "
-              f"{new[0]:9.2%} {new[1]:8.2%} {new[2]:7.2%} {refused:7.2%}")
+        print(f"{name:36s} {len(rows):5d}  {new[0]:9.2%} {new[1]:8.2%} {new[2]:7.2%} "
+              f"{refused:7.2%}")
 
 
 def main(argv=None):

@@ -11,7 +11,7 @@ from PIL import Image
 
 import handwriting
 from keras_adder import images
-from keras_adder.cli import KerasAdderError
+from keras_adder.errors import KerasAdderError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -355,7 +355,7 @@ FLOORS = {"pyclustering": 0.95, "photos (pyclustering)": 0.9, "sklearn-8x8": 0.8
 
 
 def test_accuracy_floor_on_handwriting(trained_run, tmp_path):
-    from keras_adder.predict import load_saved_model
+    from keras_adder.saved_model import load_saved_model
 
     sets = handwriting.build(tmp_path, limit=20, photo_limit=10)
     _, loaded = load_saved_model(trained_run["export_path"])
