@@ -9,6 +9,8 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+# TF 2.21 exports only enable_op_determinism; its off switch lives here.
+from tensorflow.python.framework.config import disable_op_determinism
 
 from keras_adder import data, distribution, evaluation, promotion, signals
 from keras_adder.callbacks import StopOnNaN, make_callbacks
@@ -125,7 +127,7 @@ def _seed_everything(recipe):
     if recipe.deterministic:
         tf.config.experimental.enable_op_determinism()
     else:
-        tf.config.experimental.disable_op_determinism()
+        disable_op_determinism()
 
 
 def _check_converged(run, callbacks):
