@@ -19,6 +19,11 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# LiteRT and ONNX exports (python -m keras_adder.export --format litert|onnx): optional.
+$(VENV)/.export: $(VENV)/.runtime requirements-export.txt
+	$(PY) -m pip install --quiet -r requirements-export.txt
+	touch $@
+
 $(COMPAT_VENV)/.installed: requirements-serving-compat.txt
 	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
 	$(COMPAT_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -28,7 +33,7 @@ $(COMPAT_VENV)/.installed: requirements-serving-compat.txt
 train: $(VENV)/.runtime  ## train the default model, test it, export a SavedModel
 	$(PY) -m keras_adder.train $(ARGS)
 
-test: $(VENV)/.dev $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
+test: $(VENV)/.dev $(VENV)/.export $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.runtime  ## training/pipeline/serving benchmark, writes bench.json

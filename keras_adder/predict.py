@@ -158,8 +158,9 @@ def build_parser():
     parser.add_argument("--number", nargs="+", required=True, metavar="N",
                         help="the number 0-9 to add: one for all images, or one per image")
     parser.add_argument("--model", default=DEFAULT_EXPORT_DIR,
-                        help="SavedModel directory, or a base path of integer versions (the "
-                        f"highest is used); default: {DEFAULT_EXPORT_DIR}")
+                        help="SavedModel directory, a base path of integer versions (the "
+                        "highest is used), or a .tflite / .onnx file from "
+                        f"`python -m keras_adder.export --format`; default: {DEFAULT_EXPORT_DIR}")
     parser.add_argument("--data-dir", help="MNIST folder for --mnist-test-index "
                         "(default: $KERAS_ADDER_DATA, else Keras' download)")
     parser.add_argument("--prepare", action=argparse.BooleanOptionalAction,
@@ -194,7 +195,7 @@ def main(argv=None):
     labels = [None] * len(images)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which a bad input never needs.
-    from keras_adder import data, saved_model
+    from keras_adder import data, runtimes, saved_model
 
     if indices:
         _, (test_images, test_labels) = data.load_mnist(args.data_dir)
@@ -205,9 +206,12 @@ def main(argv=None):
         for path in write_request_examples(args.write_examples, images, numbers):
             print(f"wrote {path}")
         return None
-    model_path, serve = saved_model.load_saved_model(args.model)
-    rows = prediction_rows(sources, numbers, labels,
-                           saved_model.run_signature(serve, images, numbers))
+    if Path(args.model).suffix in runtimes.FORMATS:  # a LiteRT or ONNX file
+        model_path, answer = args.model, runtimes.load_runtime_model(args.model).predict
+    else:
+        model_path, serve = saved_model.load_saved_model(args.model)
+        answer = lambda images, numbers: saved_model.run_signature(serve, images, numbers)  # noqa: E731
+    rows = prediction_rows(sources, numbers, labels, answer(images, numbers))
     if args.show:
         save_picture(args.show, images, rows)
     if args.json:

@@ -39,8 +39,10 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from keras_adder.cli import KerasAdderError
-from keras_adder.data import NUM_DIGITS, NUM_SUMS, model_inputs
+from keras_adder.errors import KerasAdderError
+from keras_adder.constants import NUM_DIGITS, NUM_SUMS
+from keras_adder.data import model_inputs
+from keras_adder.saved_model import load_saved_model, run_signature
 
 FORMATS = {".tflite": "litert", ".onnx": "onnx"}
 QUANTIZATIONS = (None, "int8")
@@ -241,6 +243,19 @@ def export_onnx(model, path, *, check_images, quantize=None, calibration_images=
     )
 
 
+def export_file(model, kind, path, *, check_images, quantize=None, calibration_images=None):
+    """`export_litert` or `export_onnx` by `kind`; `path` gets the format's suffix
+    (saved_models/keras_adder -> saved_models/keras_adder.tflite)."""
+    suffix = {value: key for key, value in FORMATS.items()}[kind]
+    path = Path(path)
+    path = path if path.suffix == suffix else path.with_name(path.name + suffix)
+    export = export_litert if kind == "litert" else export_onnx
+    if calibration_images is not None:
+        calibration_images = calibration_images[:CALIBRATION_IMAGES]
+    return export(model, path, check_images=check_images, quantize=quantize,
+                  calibration_images=calibration_images)
+
+
 # --- Reading ---------------------------------------------------------------------------
 
 
@@ -434,13 +449,8 @@ def saved_model_predictor(path):
     """predict(images, numbers) → dict of numpy arrays through a SavedModel's
     serving_default signature: the same contract as RuntimeModel.predict, so the
     SavedModel is timed the way the other runtimes are."""
-    serve = tf.saved_model.load(str(path)).signatures["serving_default"]
-
-    def predict(images, numbers):
-        served = serve(image=tf.constant(images, tf.uint8), number=tf.constant(numbers, tf.int32))
-        return {name: value.numpy() for name, value in served.items()}
-
-    return predict
+    _, serve = load_saved_model(path)
+    return lambda images, numbers: run_signature(serve, images, numbers)
 
 
 def export_runtime_files(model, directory, *, check_images, calibration_images):

@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from keras_adder.cli import KerasAdderError
-from keras_adder.data import NUM_DIGITS
+from keras_adder.errors import KerasAdderError
+from keras_adder.constants import NUM_DIGITS
 
 FP32_MIN_AGREEMENT = 0.9999
 # int8 rounds activations to 256 levels, which moves the probabilities by a few
