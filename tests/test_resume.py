@@ -6,22 +6,18 @@ finish with metrics and one export, match an uninterrupted run with the same see
 a third start of the finished run must not train at all.
 """
 
-import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
+
+from training_runs import history, kill_after_first_backup, run_to_end
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
 # Enough images that an epoch lasts seconds, so the kill lands inside the second epoch.
 TRAIN_EXAMPLES = 2048
-TIMEOUT_S = 600
 
 
 def train_command(root):
@@ -30,45 +26,6 @@ def train_command(root):
         "--train-examples", str(TRAIN_EXAMPLES),
         "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
     ]
-
-
-def run_to_end(command):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def backed_up_epochs(run_dir):
-    """Epochs in BackupAndRestore's metadata; 0 while it is absent or being written."""
-    try:
-        return json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def history(run_dir):
-    with (run_dir / "history.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def kill_after_first_backup(command, run_dir):
-    """Start training, SIGKILL it as soon as epoch 1 is backed up; the epochs it logged."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while backed_up_epochs(run_dir) < 1:
-            assert process.poll() is None, process.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
-    return len(history(run_dir))
 
 
 @pytest.fixture(scope="module")
