@@ -54,6 +54,8 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.format == "saved_model" and (args.output or args.quantize):
+        raise KerasAdderError("--output and --quantize are for --format litert or onnx")
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
     from keras_adder import data, model, promotion, runtimes, saved_model
