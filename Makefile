@@ -1,10 +1,11 @@
-# Two commands: `make train` and `make test`. Both create .venv and install what they need.
+# Two commands: `make train` and `make test`; `make demo` is optional. Each creates .venv
+# and installs what it needs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: train test bench clean
+.PHONY: train test bench demo clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,11 +21,19 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 train: $(VENV)/.runtime  ## train the default model, test it, export a SavedModel
 	$(PY) -m keras_adder.train $(ARGS)
 
-test: $(VENV)/.dev  ## run the whole test suite (trains small models on real MNIST)
+# The optional browser demo (Gradio) and Playwright for its browser test.
+$(VENV)/.demo: $(VENV)/.runtime requirements-demo.txt
+	$(PY) -m pip install --quiet -r requirements-demo.txt
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.demo  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.runtime  ## training/pipeline/serving benchmark, writes bench.json
 	$(PY) -m keras_adder.bench $(ARGS)
+
+demo: $(VENV)/.demo  ## the browser demo over the newest SavedModel: http://127.0.0.1:7860
+	$(PY) -m keras_adder.demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
