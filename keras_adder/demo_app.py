@@ -26,9 +26,8 @@ CANVAS_SIDE = 280  # pixels: ten canvas pixels per MNIST pixel
 BRUSH_RADIUS = 9  # MNIST's strokes are ~2 of 28 pixels wide: ~20 of 280
 SHOWN_CLASSES = 3  # each bar chart shows its head's most likely answers
 EMPTY_CANVAS = "Draw a digit on the black canvas (white ink), or upload a photo of one."
-# The 28x28 image is shown enlarged with its pixels kept square, not blurred.
-CSS = ("#model-input img { image-rendering: pixelated; width: 100%; height: 100%; "
-       "object-fit: contain; }")
+# The 28x28 image is shown 7 times enlarged, its pixels kept square, not blurred.
+CSS = "#model-input img { image-rendering: pixelated; width: 196px; height: 196px; }"
 
 
 def _black_canvas():
@@ -113,7 +112,7 @@ def build_app(model_path):
             with gr.Column():
                 result = gr.Textbox(label="digit + number = sum", elem_id="result")
                 seen = gr.Image(label="What the model saw (28x28)", format="png",
-                                image_mode="L", interactive=False, height=224, width=224,
+                                image_mode="L", interactive=False, height=250,
                                 buttons=["download", "fullscreen"], elem_id="model-input")
                 digit_bars = gr.Label(num_top_classes=SHOWN_CLASSES,
                                       label=f"Digit: the {SHOWN_CLASSES} most likely",
