@@ -1,4 +1,5 @@
-# Two commands: `make train` and `make test`. Both create .venv and install what they need.
+# Two commands: `make train` and `make test`; `make demo` is optional. Each creates .venv
+# and installs what it needs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -6,7 +7,7 @@ PY := $(VENV)/bin/python
 COMPAT_VENV := .venv-serving-compat
 ARGS ?=
 
-.PHONY: train test bench serving-compat clean
+.PHONY: train test bench demo serving-compat clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +34,12 @@ $(COMPAT_VENV)/.installed: requirements-serving-compat.txt
 train: $(VENV)/.runtime  ## train the default model, test it, export a SavedModel
 	$(PY) -m keras_adder.train $(ARGS)
 
-test: $(VENV)/.dev $(VENV)/.export $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
+# The optional browser demo (Gradio) and Playwright for its browser test.
+$(VENV)/.demo: $(VENV)/.runtime requirements-demo.txt
+	$(PY) -m pip install --quiet -r requirements-demo.txt
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.export $(VENV)/.demo $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.runtime  ## training/pipeline/serving benchmark, writes bench.json
@@ -41,6 +47,9 @@ bench: $(VENV)/.runtime  ## training/pipeline/serving benchmark, writes bench.js
 
 serving-compat: $(VENV)/.runtime  ## SavedModel vs TensorFlow 2.12-2.21 (TF Serving's loader)
 	$(PY) serving_compat/matrix.py $(ARGS)
+
+demo: $(VENV)/.demo  ## the browser demo over the newest SavedModel: http://127.0.0.1:7860
+	$(PY) -m keras_adder.demo $(ARGS)
 
 clean:
 	rm -rf $(VENV) $(COMPAT_VENV) build runs .pytest_cache
