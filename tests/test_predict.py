@@ -12,7 +12,6 @@ from PIL import Image
 
 from keras_adder import images, predict
 from keras_adder.cli import run
-from keras_adder.constants import NUM_DIGITS
 from keras_adder.data import model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
