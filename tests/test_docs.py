@@ -22,7 +22,7 @@ DOCS = REPO / "docs"
 PACKAGE = REPO / "keras_adder"
 MAX_README_LINES = 250
 REQUIRED_PAGES = ("design.md", "serving.md", "reliability.md", "scaling.md", "performance.md")
-COMMANDS = ("train", "evaluate", "predict", "export", "bench")
+COMMANDS = ("train", "evaluate", "predict", "export", "bench", "demo")
 
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
 LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
