@@ -26,8 +26,10 @@ CANVAS_SIDE = 280  # pixels: ten canvas pixels per MNIST pixel
 BRUSH_RADIUS = 9  # MNIST's strokes are ~2 of 28 pixels wide: ~20 of 280
 SHOWN_CLASSES = 3  # each bar chart shows its head's most likely answers
 EMPTY_CANVAS = "Draw a digit on the black canvas (white ink), or upload a photo of one."
-# The 28x28 image is shown 7 times enlarged, its pixels kept square, not blurred.
-CSS = "#model-input img { image-rendering: pixelated; width: 196px; height: 196px; }"
+SHOWN_SCALE = 8  # the 28x28 image is shown as 224x224, each pixel an 8x8 square
+# "Clear canvas" would remove the black background, and white ink on the transparent
+# canvas reads as white on white paper: hidden, so Undo is the way to start again.
+CSS = "#sketchpad button[aria-label='Clear canvas'] { display: none; }"
 
 
 def _black_canvas():
@@ -54,7 +56,8 @@ def _prepare(path):
 
 
 def answer(predict, drawing, upload, number):
-    """The page's outputs (text, digit bars, sum bars, 28x28 image) for one request.
+    """The page's outputs (text, digit bars, sum bars, the 28x28 image enlarged) for one
+    request.
 
     `predict(image, number)` returns the serving signature's outputs for one pair.
     """
@@ -77,7 +80,9 @@ def answer(predict, drawing, upload, number):
     if images.is_unsure(min(digit_bars[str(digit)], sum_bars[str(total)])):
         text += (f"  (unsure: the model gives this answer less than "
                  f"{images.UNSURE_BELOW:.0%} probability)")
-    return text, digit_bars, sum_bars, image
+    # Enlarged by repeating pixels, so the page shows exactly the model's input.
+    shown = np.kron(image, np.ones((SHOWN_SCALE, SHOWN_SCALE), np.uint8))
+    return text, digit_bars, sum_bars, shown
 
 
 def build_app(model_path):
@@ -112,7 +117,7 @@ def build_app(model_path):
             with gr.Column():
                 result = gr.Textbox(label="digit + number = sum", elem_id="result")
                 seen = gr.Image(label="What the model saw (28x28)", format="png",
-                                image_mode="L", interactive=False, height=250,
+                                image_mode="L", interactive=False, height=280,
                                 buttons=["download", "fullscreen"], elem_id="model-input")
                 digit_bars = gr.Label(num_top_classes=SHOWN_CLASSES,
                                       label=f"Digit: the {SHOWN_CLASSES} most likely",

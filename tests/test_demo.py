@@ -153,6 +153,7 @@ def shown_image(page):
 
 @pytest.mark.parametrize("digit", sorted(STROKES))
 def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path):
+    from keras_adder import demo_app
     from keras_adder.predict import load_files
 
     _, loaded = demo
@@ -166,13 +167,15 @@ def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path):
     # The drawing the app received, saved as a PNG, and prepared by predict's loader.
     drawing = shutil.copy(loaded[-1], tmp_path / "drawing.png")
     _, prepared = load_files([str(drawing)])
-    assert np.array_equal(shown_image(page), prepared[0])
+    scale = demo_app.SHOWN_SCALE
+    assert np.array_equal(shown_image(page), np.kron(prepared[0], np.ones((scale, scale))))
     screenshot = os.environ.get(SCREENSHOT_VARIABLE)
     if digit == 7:
         page.screenshot(path=screenshot or tmp_path / "demo.png", full_page=True)
 
 
 def test_an_empty_canvas_gets_a_message(page):
+    assert page.locator("#sketchpad button[aria-label='Clear canvas']").is_hidden()
     text = submit(page, 5)
     assert "no digit found" in text and "Draw a digit" in text
     assert not ANSWER.match(text)
@@ -244,7 +247,7 @@ def test_a_drawing_and_a_number_give_the_sum(tmp_path):
 
     text, digits, sums, image = answer(FakeModel(), {"composite": _stroke(tmp_path)}, None, 4)
     assert text == "3 + 4 = 7"
-    assert digits["3"] == 1.0 and sums["7"] == 1.0 and image.shape == (28, 28)
+    assert digits["3"] == 1.0 and sums["7"] == 1.0 and image.shape == (224, 224)
 
 
 def test_help_is_fast_and_imports_neither_gradio_nor_tensorflow():
