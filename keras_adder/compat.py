@@ -19,25 +19,23 @@ unless the strategy is a MultiWorkerMirroredStrategy, and the patch refuses kera
 versions it was not tested on, because it replaces private keras functions.
 """
 
-from keras_adder.cli import KerasAdderError
+import keras
+import tensorflow as tf
+from keras.src import tree
+from keras.src.backend.tensorflow import trainer
+
+from keras_adder.errors import KerasAdderError
 
 TESTED_KERAS_VERSIONS = ("3.15.1",)
 
 
 def is_multi_worker(strategy):
     """Whether `strategy` is a MultiWorkerMirroredStrategy (workers act in lock-step)."""
-    import tensorflow as tf
-
     return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
 
 def patch_keras_for_multi_worker():
     """Apply the two fixes above (once per process) or raise if keras is untested."""
-    import keras
-    import tensorflow as tf
-    from keras.src import tree
-    from keras.src.backend.tensorflow import trainer
-
     if keras.__version__ not in TESTED_KERAS_VERSIONS:
         raise KerasAdderError(
             f"--strategy multiworker relies on a fix for keras "

@@ -15,60 +15,50 @@ import os
 import zlib
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder.cli import KerasAdderError
-
-DATA_ENV_VAR = "KERAS_ADDER_DATA"
-VALIDATION_SIZE = 5_000
-NUM_DIGITS = 10
-NUM_SUMS = 19
+from keras_adder.constants import (
+    DATA_ENV_VAR, IMAGE_SIZE, NUM_DIGITS, TEST_SIZE, TRAIN_SIZE, VALIDATION_SIZE,
+)
+from keras_adder.errors import KerasAdderError
 
 # The four files MNIST ships, with what their IDX headers must say.
 MNIST_FILES = {
-    "train_images": ("train-images-idx3-ubyte", 2051, 60_000),
-    "train_labels": ("train-labels-idx1-ubyte", 2049, 60_000),
-    "test_images": ("t10k-images-idx3-ubyte", 2051, 10_000),
-    "test_labels": ("t10k-labels-idx1-ubyte", 2049, 10_000),
+    "train_images": ("train-images-idx3-ubyte", 2051, (TRAIN_SIZE, IMAGE_SIZE, IMAGE_SIZE)),
+    "train_labels": ("train-labels-idx1-ubyte", 2049, (TRAIN_SIZE,)),
+    "test_images": ("t10k-images-idx3-ubyte", 2051, (TEST_SIZE, IMAGE_SIZE, IMAGE_SIZE)),
+    "test_labels": ("t10k-labels-idx1-ubyte", 2049, (TEST_SIZE,)),
 }
 IDX_UNSIGNED_BYTE = 0x08
+MAX_IDX_DIMENSIONS = 3
 
 # Separate streams of the stateless RNG, so that e.g. the test numbers do not depend
 # on how many epochs were trained.
-_TRAIN_STREAM, _VALIDATION_STREAM, _TEST_STREAM = 1, 2, 3
+TRAIN_STREAM, VALIDATION_STREAM, TEST_STREAM = 1, 2, 3
 
 
 # --- Reading IDX files ----------------------------------------------------------------
 
 
-def _read_bytes(path):
-    """The file's content, gunzipped when it is gzip (by its magic bytes, not its name)."""
+def _open_idx(path):
+    """A binary stream of the file's content, gunzipped when it is gzip (by its magic
+    bytes, not its name): reading it inflates only what is asked for."""
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as raw:
+            gzipped = raw.read(2) == b"\x1f\x8b"
+        return gzip.open(path, "rb") if gzipped else path.open("rb")
     except OSError as error:
         raise KerasAdderError(f"{path}: cannot read ({error.strerror})") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (OSError, EOFError, zlib.error) as error:
-        raise KerasAdderError(f"{path}: corrupt or truncated gzip ({error})") from None
 
 
-def read_idx(path, expected_magic=None):
-    """Read one IDX file (gzipped or not) into a uint8 array, checking its header.
-
-    The header is 2 zero bytes, a type byte (0x08 = unsigned byte), the number of
-    dimensions, then one big-endian uint32 per dimension. The file length must match.
-    Raises KerasAdderError naming the file and the problem.
-    """
-    path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4:
-        raise KerasAdderError(f"{path}: too short to be an IDX file ({len(data)} bytes)")
-    magic = int.from_bytes(data[:4], "big")
-    if data[:2] != b"\x00\x00" or data[2] != IDX_UNSIGNED_BYTE:
+def _read_header(stream, path, expected_magic):
+    head = stream.read(4)
+    if len(head) < 4:
+        raise KerasAdderError(f"{path}: too short to be an IDX file ({len(head)} bytes)")
+    magic = int.from_bytes(head, "big")
+    if head[:2] != b"\x00\x00" or head[2] != IDX_UNSIGNED_BYTE:
         raise KerasAdderError(
             f"{path}: not an unsigned-byte IDX file (magic number 0x{magic:08x})"
         )
@@ -76,20 +66,41 @@ def read_idx(path, expected_magic=None):
         raise KerasAdderError(
             f"{path}: wrong IDX magic number {magic} (expected {expected_magic})"
         )
-    ndim = data[3]
-    header_size = 4 + 4 * ndim
-    if len(data) < header_size:
+    ndim = head[3]
+    if not 1 <= ndim <= MAX_IDX_DIMENSIONS:
+        raise KerasAdderError(f"{path}: IDX header declares {ndim} dimensions")
+    dims = stream.read(4 * ndim)
+    if len(dims) < 4 * ndim:
         raise KerasAdderError(f"{path}: truncated IDX header")
-    shape = tuple(
-        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
-    )
-    expected_size = header_size + int(np.prod(shape, dtype=np.int64))
-    if len(data) != expected_size:
+    return tuple(int.from_bytes(dims[4 * i: 4 * i + 4], "big") for i in range(ndim))
+
+
+def read_idx(path, expected_magic=None, expected_shape=None):
+    """Read one IDX file (gzipped or not) into a uint8 array, checking its header.
+
+    The header is 2 zero bytes, a type byte (0x08 = unsigned byte), the number of
+    dimensions, then one big-endian uint32 per dimension. The declared shape is checked
+    against `expected_shape` before anything is allocated, and at most the promised
+    bytes plus one are inflated, so a gzip bomb costs no memory. Raises
+    KerasAdderError naming the file and the problem.
+    """
+    path = Path(path)
+    with _open_idx(path) as stream:
+        try:
+            shape = _read_header(stream, path, expected_magic)
+            if expected_shape is not None and shape != tuple(expected_shape):
+                raise KerasAdderError(f"{path}: IDX header declares shape {shape}, "
+                                      f"MNIST's is {tuple(expected_shape)}")
+            size = int(np.prod(shape, dtype=object))  # Python ints: no overflow
+            payload = stream.read(size + 1)
+        except (OSError, EOFError, zlib.error) as error:
+            raise KerasAdderError(f"{path}: corrupt or truncated gzip ({error})") from None
+    if len(payload) != size:
         raise KerasAdderError(
-            f"{path}: file length {len(data)} bytes does not match its header "
-            f"(shape {shape} needs {expected_size} bytes)"
+            f"{path}: data length does not match its header (shape {shape} needs "
+            f"{size} bytes, the file has {'more' if len(payload) > size else len(payload)})"
         )
-    return np.frombuffer(data, np.uint8, offset=header_size).reshape(shape)
+    return np.frombuffer(payload, np.uint8).reshape(shape)
 
 
 def _find_idx_file(data_dir, name):
@@ -111,24 +122,14 @@ def load_mnist_dir(data_dir):
     if not data_dir.is_dir():
         raise KerasAdderError(f"data directory {data_dir} is not a directory")
     arrays = {}
-    for key, (name, magic, count) in MNIST_FILES.items():
+    for key, (name, magic, shape) in MNIST_FILES.items():
         path = _find_idx_file(data_dir, name)
-        array = read_idx(path, expected_magic=magic)
-        if len(array) != count:
-            raise KerasAdderError(f"{path}: holds {len(array)} items, MNIST has {count}")
-        if key.endswith("images") and array.shape[1:] != (28, 28):
-            raise KerasAdderError(f"{path}: images are {array.shape[1:]}, expected 28x28")
+        array = read_idx(path, expected_magic=magic, expected_shape=shape)
         if key.endswith("labels") and array.max(initial=0) >= NUM_DIGITS:
             raise KerasAdderError(
                 f"{path}: label {int(array.max())} is out of range (labels are 0-9)"
             )
         arrays[key] = array
-    for split in ("train", "test"):
-        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if len(images) != len(labels):
-            raise KerasAdderError(
-                f"{data_dir}: {split} has {len(images)} images but {len(labels)} labels"
-            )
     return (
         (arrays["train_images"], arrays["train_labels"]),
         (arrays["test_images"], arrays["test_labels"]),
@@ -146,8 +147,6 @@ def load_mnist(data_dir=None):
     folder = resolve_data_dir(data_dir)
     if folder is not None:
         return load_mnist_dir(folder)
-    import keras
-
     try:
         return keras.datasets.mnist.load_data()
     except Exception as error:  # no internet, proxy, corrupt cache: all end here
@@ -182,7 +181,7 @@ def model_targets(digits, numbers):
     return {"digit": digits, "sum": digits + tf.cast(numbers, tf.int32)}
 
 
-def paired_numbers(count, seed, stream=_TEST_STREAM):
+def paired_numbers(count, seed, stream=TEST_STREAM):
     """The fixed numbers 0-9 paired with an evaluation set (same seed, same numbers)."""
     return tf.random.stateless_uniform(
         [count], seed=[seed, stream], minval=0, maxval=NUM_DIGITS, dtype=tf.int32
@@ -210,8 +209,6 @@ def _random_affine(count, seed, max_shift, max_degrees, max_zoom):
 
 def augment_images(images, seed, max_shift=2.0, max_degrees=10.0, max_zoom=0.1):
     """Small random shifts, rotations and zooms of float images [N, 28, 28, 1]."""
-    import keras
-
     transforms = _random_affine(tf.shape(images)[0], seed, max_shift, max_degrees, max_zoom)
     return keras.ops.image.affine_transform(
         images, transforms, interpolation="bilinear", fill_mode="constant"
@@ -236,32 +233,37 @@ def train_dataset(images, labels, *, batch_size, seed, epochs, start_epoch=0, au
     def one_epoch(epoch):
         order_seed, numbers_seed, augment_seed = tf.unstack(
             tf.random.experimental.stateless_split(
-                tf.random.experimental.stateless_fold_in([seed, _TRAIN_STREAM], epoch), 3
+                tf.random.experimental.stateless_fold_in([seed, TRAIN_STREAM], epoch), 3
             )
         )
         order = tf.argsort(tf.random.stateless_uniform([count], order_seed))
         numbers = tf.random.stateless_uniform(
             [count], numbers_seed, minval=0, maxval=NUM_DIGITS, dtype=tf.int32
         )
-        batches = tf.data.Dataset.from_tensor_slices((order, numbers)).batch(batch_size)
+        # Whole batches are gathered at once: a per-image map costs one call per image.
+        shuffled_images = tf.data.Dataset.from_tensor_slices(order).batch(batch_size).map(
+            lambda indices: (tf.gather(images, indices), tf.gather(labels, indices)))
+        random_numbers = tf.data.Dataset.from_tensor_slices(numbers).batch(batch_size)
+        # The design in one line: the images zipped with random numbers 0-9.
+        pairs = tf.data.Dataset.zip(shuffled_images, random_numbers)
 
-        def to_examples(batch_index, batch):
-            indices, batch_numbers = batch
-            inputs = model_inputs(tf.gather(images, indices), batch_numbers)
+        def to_examples(batch_index, pair):
+            (batch_images, digits), batch_numbers = pair
+            inputs = model_inputs(batch_images, batch_numbers)  # the one-hot number
             if augment:
                 batch_seed = tf.random.experimental.stateless_fold_in(
                     augment_seed, batch_index
                 )
                 inputs["image"] = augment_images(inputs["image"], batch_seed)
-            return inputs, model_targets(tf.gather(labels, indices), batch_numbers)
+            return inputs, model_targets(digits, batch_numbers)  # digit and sum
 
-        return batches.enumerate().map(to_examples, num_parallel_calls=tf.data.AUTOTUNE)
+        return pairs.enumerate().map(to_examples, num_parallel_calls=tf.data.AUTOTUNE)
 
     dataset = tf.data.Dataset.range(start_epoch, epochs).flat_map(one_epoch)
     return _with_options(dataset.prefetch(tf.data.AUTOTUNE))
 
 
-def eval_dataset(images, labels, *, batch_size, seed, stream=_TEST_STREAM):
+def eval_dataset(images, labels, *, batch_size, seed, stream=TEST_STREAM):
     """Fixed evaluation batches: the same numbers for the same seed, cached."""
     numbers = paired_numbers(len(labels), seed, stream)
     dataset = (
@@ -278,7 +280,7 @@ def eval_dataset(images, labels, *, batch_size, seed, stream=_TEST_STREAM):
 
 
 def validation_dataset(images, labels, *, batch_size, seed):
-    return eval_dataset(images, labels, batch_size=batch_size, seed=seed, stream=_VALIDATION_STREAM)
+    return eval_dataset(images, labels, batch_size=batch_size, seed=seed, stream=VALIDATION_STREAM)
 
 
 def _with_options(dataset):

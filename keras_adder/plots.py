@@ -17,12 +17,19 @@ import numpy as np
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import PercentFormatter
 
-from keras_adder.cli import KerasAdderError, write_atomically
+from keras_adder.errors import KerasAdderError
+from keras_adder.files import write_atomically
 
 DPI = 100
 WRONG = "tab:red"
 HEADS = ("digit", "sum")
+
+
+def picture_formats():
+    """The file types savefig can write (png, pdf, svg, ...)."""
+    return Figure().canvas.get_supported_filetypes()
 
 
 def _save(figure, path):
@@ -52,7 +59,7 @@ def read_history(history_csv):
 
 
 def plot_training_curves(history_csv, path):
-    """Loss and accuracy of each head per epoch, training vs validation (2x2 panels)."""
+    """Loss and error rate of each head per epoch, training vs validation (2x2 panels)."""
     history = read_history(history_csv)
     needed = [f"{prefix}{head}_{metric}" for prefix in ("", "val_")
               for head in HEADS for metric in ("loss", "accuracy")]
@@ -65,13 +72,21 @@ def plot_training_curves(history_csv, path):
     for row, head in enumerate(HEADS):
         for column, metric in enumerate(("loss", "accuracy")):
             ax = axes[row, column]
-            ax.plot(epochs, history[f"{head}_{metric}"], "o-", label="training")
-            ax.plot(epochs, history[f"val_{head}_{metric}"], "s-", label="validation")
-            ax.set_title(f"{head} {metric}")
-            ax.grid(alpha=0.3)
-            if metric == "loss":
-                # Losses fall by orders of magnitude; a log axis keeps late epochs readable.
-                ax.set_yscale("log")
+            training, validation = history[f"{head}_{metric}"], history[f"val_{head}_{metric}"]
+            if metric == "accuracy":
+                # The error rate on a log axis shows the last tenths of a percent, which
+                # an accuracy axis from 0.8 to 1.0 presses against its top.
+                training, validation = 1 - training, 1 - validation
+                ax.set_title(f"{head} error rate (1 - accuracy)")
+            else:
+                ax.set_title(f"{head} loss")
+            ax.plot(epochs, training, "o-", label="training")
+            ax.plot(epochs, validation, "s-", label="validation")
+            # Both fall by orders of magnitude; a log axis keeps late epochs readable.
+            ax.set_yscale("log")
+            if metric == "accuracy":
+                ax.yaxis.set_major_formatter(PercentFormatter(1.0, decimals=1))
+            ax.grid(alpha=0.3, which="both")
             ax.legend()
     for ax in axes[1]:
         ax.set_xlabel("epoch")

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_adder.cli import KerasAdderError, positive_int, run, write_atomically
+from keras_adder.cli import positive_int, run
+from keras_adder.errors import KerasAdderError
+from keras_adder.files import write_atomically
 
 SIGNATURE = "serving_default"
 NUM_DIGITS = 10

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from keras_adder.cli import KerasAdderError
+from keras_adder.errors import KerasAdderError
 from keras_adder.data import (
     MNIST_FILES, eval_dataset, load_mnist, load_mnist_dir, model_inputs, read_idx,
     resolve_data_dir, split_validation, steps_per_epoch, train_dataset,
@@ -112,8 +112,10 @@ def test_load_mnist_dir_accepts_wellformed_folder(tmp_path, gz):
     "overrides, message",
     [
         ({"train-labels-idx1-ubyte": idx_bytes(np.full(60_000, 10))}, "label 10 is out of range"),
-        ({"t10k-labels-idx1-ubyte": idx_bytes(np.zeros(9_999))}, "holds 9999 items, MNIST has 10000"),
-        ({"t10k-images-idx3-ubyte": idx_bytes(np.zeros((10_000, 28, 27)))}, "expected 28x28"),
+        ({"t10k-labels-idx1-ubyte": idx_bytes(np.zeros(9_999))},
+         r"IDX header declares shape \(9999,\), MNIST's is \(10000,\)"),
+        ({"t10k-images-idx3-ubyte": idx_bytes(np.zeros((10_000, 28, 27)))},
+         r"declares shape \(10000, 28, 27\), MNIST's is \(10000, 28, 28\)"),
         ({"train-images-idx3-ubyte": idx_bytes(np.zeros(60_000))}, "wrong IDX magic number 2049"),
     ],
 )

@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from keras_adder.cli import KerasAdderError
-from keras_adder.model import ARCHITECTURES, build_model
+from keras_adder.errors import KerasAdderError
+from keras_adder.constants import ARCHITECTURES
+from keras_adder.model import build_model
 from keras_adder.train import main as train_main
 
 
@@ -16,10 +17,10 @@ def test_reference_has_exactly_the_original_parameter_count():
     assert trainable_params(build_model("reference")) == 6_384_925
 
 
-def test_compact_is_small():
+def test_compact_has_exactly_the_documented_parameter_count():
     model = build_model("compact")
-    assert model.count_params() <= 30_000
-    assert trainable_params(model) < trainable_params(build_model("reference")) / 200
+    assert (model.count_params(), trainable_params(model)) == (28_343, 28_151)
+    assert round(build_model("reference").count_params() / model.count_params()) == 225
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))

@@ -95,6 +95,21 @@ def cluster_run(tmp_path_factory, data_dir):
     return root, run_workers(root)
 
 
+@pytest.fixture(scope="module")
+def uninterrupted_cluster_run(tmp_path_factory, data_dir):
+    """The same two-worker run, never stopped."""
+    root = tmp_path_factory.mktemp("multiworker-uninterrupted")
+    for index, (returncode, output) in enumerate(run_workers(root)):
+        assert returncode == 0, f"worker {index}:\n{output[-4000:]}"
+    return root
+
+
+def test_killed_cluster_run_ends_like_an_uninterrupted_one(cluster_run,
+                                                           uninterrupted_cluster_run):
+    history = (cluster_run[0] / "run" / "history.csv").read_text()
+    assert history == (uninterrupted_cluster_run / "run" / "history.csv").read_text()
+
+
 def test_two_workers_resume_train_and_only_the_chief_writes(cluster_run):
     root, results = cluster_run
     for index, (returncode, output) in enumerate(results):
@@ -111,16 +126,23 @@ def test_two_workers_resume_train_and_only_the_chief_writes(cluster_run):
     assert "SavedModel:" in results[0][1] and "SavedModel:" not in results[1][1]
 
 
-def test_chief_export_is_a_valid_saved_model(cluster_run, mnist):
+def test_chief_export_answers_like_the_chiefs_best_model(cluster_run, mnist):
+    import keras
     import tensorflow as tf
+
+    from keras_adder.data import model_inputs
 
     root = cluster_run[0]
     serve = tf.saved_model.load(str(root / "export" / "1")).signatures["serving_default"]
+    best = keras.saving.load_model(root / "run" / "best.keras")
     (_, _), (test_images, _) = mnist
-    numbers = np.arange(8, dtype=np.int32)
-    outputs = serve(image=tf.constant(test_images[:8]), number=tf.constant(numbers))
-    assert outputs["digit"].shape == (8,) and outputs["sum"].shape == (8,)
-    np.testing.assert_allclose(outputs["sum_probabilities"].numpy().sum(axis=1), 1, atol=1e-5)
+    images, numbers = test_images[:64], np.arange(64, dtype=np.int32) % 10
+    served = serve(image=tf.constant(images), number=tf.constant(numbers))
+    expected = best.predict(model_inputs(images, numbers), verbose=0)
+    for head in ("digit", "sum"):
+        np.testing.assert_array_equal(served[head].numpy(), expected[head].argmax(axis=1))
+        np.testing.assert_allclose(served[f"{head}_probabilities"].numpy(), expected[head],
+                                   atol=1e-5)
 
 
 def test_finished_cluster_run_is_not_trained_again(cluster_run):
@@ -136,7 +158,7 @@ def test_finished_cluster_run_is_not_trained_again(cluster_run):
 def test_compat_fix_refuses_an_untested_keras(monkeypatch):
     import keras
 
-    from keras_adder.cli import KerasAdderError
+    from keras_adder.errors import KerasAdderError
     from keras_adder.compat import patch_keras_for_multi_worker
 
     monkeypatch.setattr(keras, "__version__", "3.99.0")
@@ -148,7 +170,7 @@ def test_compat_fix_refuses_an_untested_keras(monkeypatch):
 def test_single_machine_strategies():
     import tensorflow as tf
 
-    from keras_adder.train import choose_strategy, is_chief
+    from keras_adder.distribution import choose_strategy, is_chief
 
     mirrored = choose_strategy("mirrored")
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)

@@ -10,9 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_adder import export, predict
-from keras_adder.cli import KerasAdderError, run
+from keras_adder import export, predict, saved_model
+from keras_adder.cli import run
+from keras_adder.errors import KerasAdderError
 from keras_adder.data import model_inputs
+from keras_adder.rest import rest_response, tensors_from_rest_body
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "saved_models" / "examples"
@@ -117,35 +119,6 @@ def test_bad_calls_fail_with_invalid_argument_saying_why(plain_tf_report, case, 
 # --- The REST example bodies, parsed the way TF Serving parses JSON ---------------------
 
 
-def tensors_from_rest_body(body, input_specs):
-    """The named input tensors TF Serving builds from a `:predict` JSON body.
-
-    Row form: "instances" is a list of objects, one per example, each with every named
-    input; the values of each input are stacked into a batch. Columnar form: "inputs"
-    maps each name to its whole batch. Values take the signature's dtypes.
-    """
-    if "instances" in body:
-        instances = body["instances"]
-        for instance in instances:
-            assert set(instance) == set(input_specs), "each instance names every input"
-        columns = {name: [instance[name] for instance in instances] for name in input_specs}
-    else:
-        assert set(body["inputs"]) == set(input_specs)
-        columns = body["inputs"]
-    return {name: np.asarray(columns[name], spec.dtype.as_numpy_dtype)
-            for name, spec in input_specs.items()}
-
-
-def rest_response(body, outputs):
-    """TF Serving's answer: row requests get a list of objects, columnar ones an object."""
-    outputs = {name: value.numpy().tolist() for name, value in outputs.items()}
-    if "instances" in body:
-        count = len(next(iter(outputs.values())))
-        return {"predictions": [{name: value[i] for name, value in outputs.items()}
-                                for i in range(count)]}
-    return {"outputs": outputs}
-
-
 def mnist_test_index(image, test_images):
     matches = np.flatnonzero((test_images == image).all(axis=(1, 2)))
     assert len(matches) >= 1, "example image is not an MNIST test image"
@@ -191,7 +164,7 @@ def test_example_bodies_are_what_write_examples_makes(mnist, tmp_path, capsys):
 
 
 def test_models_config_serves_the_default_export_dir():
-    from keras_adder.train import EXPORT_DIR
+    from keras_adder.constants import DEFAULT_EXPORT_DIR as EXPORT_DIR
 
     config = (REPO / "saved_models" / "models.config").read_text()
     assert 'name: "keras_adder"' in config
@@ -226,17 +199,17 @@ def _interrupt_check(*args):
 
 
 def _half_write(obj, path, **kwargs):
-    Path(path).mkdir()
+    Path(path).mkdir(exist_ok=True)
     (Path(path) / "saved_model.pb").write_bytes(b"\x08\x01 half")
     raise OSError(28, "No space left on device")
 
 
 @pytest.mark.parametrize("where, patch, raised, message", [
-    ("_check_export", _fail_check, KerasAdderError,
+    ("check_export", _fail_check, KerasAdderError,
      "failed, nothing was written: simulated failure while checking the export"),
     ("tf.saved_model.save", _half_write, KerasAdderError,
      "failed, nothing was written: [Errno 28] No space left on device"),
-    ("_check_export", _interrupt_check, KeyboardInterrupt, None),
+    ("check_export", _interrupt_check, KeyboardInterrupt, None),
 ])
 def test_failed_export_leaves_no_version_and_no_staging(
     base_with_version_1, trained_model, mnist, monkeypatch, where, patch, raised, message
@@ -247,10 +220,10 @@ def test_failed_export_leaves_no_version_and_no_staging(
     if where == "tf.saved_model.save":  # what Keras' ExportArchive.write_out calls
         monkeypatch.setattr(tf.saved_model, "save", patch)
     else:
-        monkeypatch.setattr(export, where, patch)
+        monkeypatch.setattr(saved_model, where, patch)
     before = snapshot(base_with_version_1)
     with pytest.raises(raised) as error:
-        export.export_saved_model(trained_model, base_with_version_1,
+        saved_model.export_saved_model(trained_model, base_with_version_1,
                                   check_images=test_images[:8])
     if message:
         assert message in str(error.value)
@@ -266,12 +239,12 @@ def test_export_takes_the_next_version_and_never_overwrites(
     _, (test_images, test_labels) = mnist
     version_1 = snapshot(base_with_version_1 / "1")
     with pytest.raises(KerasAdderError, match="1 already exists; not overwriting it"):
-        export.export_saved_model(trained_model, base_with_version_1, version=1,
+        saved_model.export_saved_model(trained_model, base_with_version_1, version=1,
                                   check_images=test_images[:8])
-    path = export.export_saved_model(trained_model, base_with_version_1,
+    path = saved_model.export_saved_model(trained_model, base_with_version_1,
                                      check_images=test_images[:8])
     assert path == base_with_version_1 / "2"
-    assert export.existing_versions(base_with_version_1) == [1, 2]
+    assert list(saved_model.existing_versions(base_with_version_1)) == [1, 2]
     assert sorted(p.name for p in base_with_version_1.iterdir()) == ["1", "2"]
     assert snapshot(base_with_version_1 / "1") == version_1
     serve = tf.saved_model.load(str(path)).signatures["serving_default"]
@@ -284,9 +257,9 @@ def test_export_takes_the_next_version_and_never_overwrites(
         (base_with_version_1 / "3").mkdir()
         (base_with_version_1 / "3" / "saved_model.pb").write_bytes(b"someone else's")
 
-    monkeypatch.setattr(export, "_check_export", racing_check)
+    monkeypatch.setattr(saved_model, "check_export", racing_check)
     with pytest.raises(KerasAdderError, match="export to .*3 failed, nothing was written"):
-        export.export_saved_model(trained_model, base_with_version_1,
+        saved_model.export_saved_model(trained_model, base_with_version_1,
                                   check_images=test_images[:8])
     assert (base_with_version_1 / "3" / "saved_model.pb").read_bytes() == b"someone else's"
     assert sorted(p.name for p in base_with_version_1.iterdir()) == ["1", "2", "3"]

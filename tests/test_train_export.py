@@ -1,6 +1,7 @@
 """End to end on the real MNIST: train briefly, test, export, reload in a fresh process."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -31,15 +32,19 @@ def test_run_directory_holds_what_was_promised(trained_run):
     assert [p.name for p in export.parent.iterdir()] == ["1"]  # no staging leftovers
 
 
-def test_finished_run_is_not_trained_again(trained_run, capsys):
-    from keras_adder.train import train
+def test_finished_run_is_not_trained_again(trained_run, tmp_path, capsys):
+    from conftest import SHORT_EPOCHS
+    from keras_adder.recipe import Recipe
+    from keras_adder.training import train
 
-    run_dir = Path(trained_run["keras_path"]).parent
+    run_dir = tmp_path / "run"
+    shutil.copytree(Path(trained_run["keras_path"]).parent, run_dir)  # never the fixture's
     before = (run_dir / "history.csv").read_text()
-    again = train(run_dir=run_dir, export_dir=Path(trained_run["export_path"]).parent)
+    again = train(Recipe(epochs=SHORT_EPOCHS), run_dir=run_dir, export_dir=tmp_path / "export")
     assert "finished run" in capsys.readouterr().out
     assert again == trained_run
     assert (run_dir / "history.csv").read_text() == before
+    assert not (tmp_path / "export").exists()
 
 
 RELOAD = """
@@ -72,3 +77,25 @@ def test_saved_model_runs_in_a_fresh_process_without_keras_adder(
     np.testing.assert_array_equal(served["sum"], expected["sum"].argmax(axis=1))
     assert served["digit"].dtype == np.int32 and served["sum_probabilities"].shape == (200, 19)
     assert (served["digit"] == test_labels[:200]).mean() > 0.95
+
+
+def test_a_one_epoch_run_ends_with_the_rate_decayed(data_dir, tmp_path):
+    """Warm-up and decay scale with the run: even one epoch ends near a zero rate.
+
+    The whole training set: BatchNorm's moving statistics (momentum 0.99) need a few
+    hundred steps before the model can be evaluated at all.
+    """
+    import keras
+
+    from keras_adder.recipe import Recipe
+    from keras_adder.training import train
+
+    recipe = Recipe(epochs=1, seed=1)
+    metrics = train(recipe, data_dir=data_dir, run_dir=tmp_path / "run",
+                    export_dir=tmp_path / "export", verbose=0)
+    optimizer = keras.saving.load_model(metrics["keras_path"]).optimizer
+    assert int(optimizer.iterations) == 430  # 55,000 images / 128
+    final_rate = float(optimizer.learning_rate)
+    assert final_rate < 0.01 * recipe.learning_rate, final_rate
+    assert metrics["test"]["digit_accuracy"] > 0.95, metrics["test"]  # chance: 0.1
+    assert metrics["test"]["sum_accuracy"] > 0.95, metrics["test"]

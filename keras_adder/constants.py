@@ -1,0 +1,28 @@
+"""The facts every part of the project shares, in a module that imports no TensorFlow.
+
+The command-line front ends check their input against these before TensorFlow starts,
+so a bad flag or file fails at once with one line.
+"""
+
+NUM_DIGITS = 10  # digit classes; the number input is also 0-9
+NUM_SUMS = 19  # sums 0-18
+IMAGE_SIZE = 28  # MNIST images are 28x28 grayscale, 0 = background
+ARCHITECTURES = ("compact", "reference")
+STRATEGIES = ("auto", "mirrored", "multiworker")  # see distribution.choose_strategy
+
+DATA_ENV_VAR = "KERAS_ADDER_DATA"
+TRAIN_SIZE = 60_000
+TEST_SIZE = 10_000
+VALIDATION_SIZE = 5_000  # the last training images, held out for model selection
+
+SIGNATURE = "serving_default"
+DEFAULT_EXPORT_DIR = "saved_models/keras_adder"
+RUNS_DIR = "runs"
+# The largest batch one serving call accepts: 1,024 images are ~3 MB in and ~0.1 GB of
+# activations, while an unbounded request could exhaust the server's memory.
+MAX_SERVING_BATCH = 1024
+
+EVALUATION_SPLITS = ("test", "validation")
+EVALUATION_DIR = "runs/evaluation"
+EVALUATION_BATCH = 4096  # pairs per call of a .keras model (a SavedModel takes at most MAX_SERVING_BATCH)
+PROMOTION_POLICIES = ("better", "always")  # see promotion.decide
