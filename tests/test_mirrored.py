@@ -31,7 +31,7 @@ EPOCHS = 2
 BATCH_SIZE = 32
 TRAIN_EXAMPLES = 12288
 # Chance is 10 % for the digit and below 10 % for the sum; measured 97.96 % and 97.70 %
-# (docs/scaling-mirrored.md).
+# (docs/scaling.md).
 ACCURACY_FLOOR = 0.9
 STEPS = 5
 
