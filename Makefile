@@ -1,10 +1,13 @@
-# Two commands: `make train` and `make test`. Both create .venv and install what they need.
+# Two commands: `make train` and `make test`; `make demo` is optional. Each creates .venv
+# and installs what it needs.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# The oldest TensorFlow the docs promise to load the SavedModel (docs/serving-versions.md).
+COMPAT_VENV := .venv-serving-compat
 ARGS ?=
 
-.PHONY: train test bench clean
+.PHONY: train test bench demo serving-compat clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,14 +20,36 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# LiteRT and ONNX exports (python -m keras_adder.export --format litert|onnx): optional.
+$(VENV)/.export: $(VENV)/.runtime requirements-export.txt
+	$(PY) -m pip install --quiet -r requirements-export.txt
+	touch $@
+
+$(COMPAT_VENV)/.installed: requirements-serving-compat.txt
+	test -x $(COMPAT_VENV)/bin/python || $(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(COMPAT_VENV)/bin/python -m pip install --quiet -r requirements-serving-compat.txt
+	touch $@
+
 train: $(VENV)/.runtime  ## train the default model, test it, export a SavedModel
 	$(PY) -m keras_adder.train $(ARGS)
 
-test: $(VENV)/.dev  ## run the whole test suite (trains small models on real MNIST)
+# The optional browser demo (Gradio) and Playwright for its browser test.
+$(VENV)/.demo: $(VENV)/.runtime requirements-demo.txt
+	$(PY) -m pip install --quiet -r requirements-demo.txt
+	touch $@
+
+test: $(VENV)/.dev $(VENV)/.export $(VENV)/.demo $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.runtime  ## training/pipeline/serving benchmark, writes bench.json
 	$(PY) -m keras_adder.bench $(ARGS)
 
+serving-compat: $(VENV)/.runtime  ## SavedModel vs TensorFlow 2.12-2.21 (TF Serving's loader)
+	$(PY) serving_compat/matrix.py $(ARGS)
+
+demo: $(VENV)/.demo  ## the browser demo over the newest SavedModel: http://127.0.0.1:7860
+	$(PY) -m keras_adder.demo $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(COMPAT_VENV) build runs .pytest_cache

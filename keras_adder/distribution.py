@@ -8,6 +8,7 @@ writes (the chief) and keeps the workers in step where they must take the same p
 import json
 import os
 
+import keras
 import tensorflow as tf
 
 from keras_adder.compat import is_multi_worker, patch_keras_for_multi_worker
@@ -40,13 +41,60 @@ def choose_strategy(name="auto", cpu_replicas=None):
 
 
 def split_cpu(count):
-    """Split the CPU into `count` logical devices; return their names."""
+    """Split the CPU into `count` logical devices; return their names.
+
+    TensorFlow fixes its logical devices when it first runs an op; after that only
+    the split it started with can be had (e.g. a second run in the same process).
+    """
     if count < 1:
         raise KerasAdderError(f"--cpu-replicas {count} must be at least 1")
     cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(
-        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
-    return [device.name for device in tf.config.list_logical_devices("CPU")]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError:  # "Virtual devices cannot be modified after being initialized"
+        pass
+    names = [device.name for device in tf.config.list_logical_devices("CPU")]
+    if len(names) != count:
+        raise KerasAdderError(
+            f"--cpu-replicas {count}: TensorFlow already runs in this process with "
+            f"{len(names)} CPU device(s), and it fixes them when it starts; split the CPU "
+            f"in a new process, before any TensorFlow op")
+    return names
+
+
+def synchronize_batch_norm(model, strategy):
+    """Under several replicas, make BatchNormalization use the global batch's statistics.
+
+    Keras 3 keeps BatchNorm's moving mean and variance with aggregation "none": each
+    replica updates its own copy from its own share of the batch, the copies drift
+    apart, and a saved or exported model holds replica 0's only. A share that is empty
+    (a last batch smaller than the replica count) even turns that replica's copy into
+    NaN. Synchronized, every replica normalises with the statistics of the whole
+    global batch, the copies stay equal, and N replicas train the model that one
+    device would with the same global batch. One device is left untouched.
+    """
+    if strategy.num_replicas_in_sync > 1:
+        for layer in model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.synchronized = True
+    return model
+
+
+def check_batch_split(strategy, batch_size, examples):
+    """Refuse a first batch that does not split evenly across the replicas.
+
+    Keras 3.15.1's `fit` builds the model from the first batch averaged across the
+    replicas, which fails on unequal shares with an obscure "AddN ... must have the
+    same size and shape". Later batches may be unequal (the last one of an epoch).
+    """
+    replicas = strategy.num_replicas_in_sync
+    first = min(batch_size, examples)
+    if first % replicas:
+        what = "batch size" if first == batch_size else "number of training images"
+        raise KerasAdderError(
+            f"{what} {first} does not split evenly across {replicas} replicas (the batch "
+            f"is global: each replica gets an equal share); choose a multiple of {replicas}")
 
 
 def check_tf_config():

@@ -41,7 +41,8 @@ from keras_adder.data import (
 from keras_adder.errors import KerasAdderError
 from keras_adder.files import make_dir, write_json
 from keras_adder.model import load_keras_model
-from keras_adder.saved_model import load_saved_model
+from keras_adder.runtimes import FORMATS, load_runtime_model
+from keras_adder.saved_model import load_saved_model, run_signature
 
 EVALUATION_FILE = "evaluation.json"
 GRID_SIZE = 32
@@ -82,37 +83,43 @@ def keras_predictor(model):
     return predict
 
 
-def serving_predictor(serve):
-    """The same predict() for a SavedModel's serving signature, with a progress bar."""
+def call_predictor(call):
+    """The same predict() for anything called like the serving signature,
+    `call(uint8 images, int32 numbers) -> {"digit", "sum", ...}` (a SavedModel, a LiteRT
+    or ONNX file), in batches the signature accepts, with a progress bar."""
+
     def predict(images, image_index, numbers, *, batch_size=EVALUATION_BATCH, verbose=1):
         batch_size = min(batch_size, MAX_SERVING_BATCH)  # the signature's limit
         progress = keras.utils.Progbar(len(numbers), unit_name="pair", verbose=verbose)
-        outputs = {"digit": [], "sum": []}
-        for image_batch, number_batch in _pair_batches(images, image_index, numbers,
-                                                       batch_size):
-            served = serve(image=image_batch, number=number_batch)
+        outputs = {"digit": [np.zeros(0, np.int32)], "sum": [np.zeros(0, np.int32)]}
+        for start in range(0, len(numbers), batch_size):
+            batch = slice(start, start + batch_size)
+            served = call(images[image_index[batch]], np.asarray(numbers[batch], np.int32))
             for head in outputs:
-                outputs[head].append(served[head].numpy())
-            progress.add(len(number_batch))
-        return {head: np.concatenate(parts) if parts else np.zeros(0, np.int32)
-                for head, parts in outputs.items()}
+                outputs[head].append(np.asarray(served[head], np.int32))
+            progress.add(len(numbers[batch]))
+        return {head: np.concatenate(parts) for head, parts in outputs.items()}
 
     return predict
 
 
 def load_predictor(path):
-    """(predict, kind, resolved path) for a .keras file ("keras"), or a SavedModel
-    folder or base path of numbered versions, whose highest version is used
-    ("saved_model")."""
+    """(predict, kind, resolved path) for a .keras file ("keras"), a .tflite or .onnx
+    file ("litert", "onnx"), or a SavedModel folder or base path of numbered versions,
+    whose highest version is used ("saved_model")."""
     path = Path(path)
     if not path.exists():
         raise KerasAdderError(f"model {path} does not exist")
+    if path.is_file() and path.suffix in FORMATS:
+        runtime = load_runtime_model(path)
+        return call_predictor(runtime.predict), runtime.kind, path
     if path.is_file() and path.suffix != ".keras":
-        raise KerasAdderError(f"model {path} is a file but not a .keras model")
+        raise KerasAdderError(f"model {path} is a file but not a .keras, .tflite or .onnx model")
     if path.is_file():
         return keras_predictor(load_keras_model(path)), "keras", path
     path, serve = load_saved_model(path)
-    return serving_predictor(serve), "saved_model", path
+    return call_predictor(lambda images, numbers: run_signature(serve, images, numbers)), \
+        "saved_model", path
 
 
 def exhaustive_pairs(count):

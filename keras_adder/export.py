@@ -13,7 +13,10 @@ from pathlib import Path
 from keras_adder import startup
 from keras_adder.cli import positive_int, run
 from keras_adder.constants import DEFAULT_EXPORT_DIR, PROMOTION_POLICIES
+from keras_adder.errors import KerasAdderError
 from keras_adder.recipe import RECIPES
+
+EXPORT_FORMATS = ("saved_model", "litert", "onnx")
 
 
 def build_parser():
@@ -35,6 +38,15 @@ def build_parser():
     parser.add_argument("--candidate-dir",
                         help="where the SavedModel is written before promotion (default: "
                         "saved_model/ next to the .keras file)")
+    parser.add_argument("--format", choices=EXPORT_FORMATS, default="saved_model",
+                        help="saved_model: a versioned SavedModel for TF Serving (default); "
+                        "litert: a .tflite file; onnx: an .onnx file (both need "
+                        "requirements-export.txt; see docs/serving.md for their inputs)")
+    parser.add_argument("--output", help="the .tflite/.onnx file to write (default: next to "
+                        "the export dir, e.g. saved_models/keras_adder.tflite)")
+    parser.add_argument("--quantize", choices=["int8"],
+                        help="litert/onnx: int8 weights and activations, calibrated on "
+                        "training images")
     parser.add_argument("--data-dir", help="MNIST folder for the checks "
                         "(default: $KERAS_ADDER_DATA, else Keras' download)")
     return parser
@@ -42,13 +54,23 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if args.format == "saved_model" and (args.output or args.quantize):
+        raise KerasAdderError("--output and --quantize are for --format litert or onnx")
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
-    from keras_adder import data, model, promotion, saved_model
+    from keras_adder import data, model, promotion, runtimes, saved_model
 
-    saved_model.free_version(args.export_dir, args.export_version)  # before the slow part
+    if args.format == "saved_model":
+        saved_model.free_version(args.export_dir, args.export_version)  # before the slow part
     keras_model = model.load_keras_model(args.model)
     (train_images, train_labels), (test_images, _) = data.load_mnist(args.data_dir)
+    if args.format != "saved_model":
+        path = runtimes.export_file(
+            keras_model, args.format, args.output or Path(args.export_dir),
+            check_images=test_images[:64], quantize=args.quantize,
+            calibration_images=train_images)
+        print(f"{args.format} model written to {path}")
+        return path
     served, candidate, why = promotion.export_and_promote(
         keras_model, args.candidate_dir or Path(args.model).parent / "saved_model",
         args.export_dir, version=args.export_version, policy=args.promote,

@@ -6,7 +6,8 @@
 
 The model is called through its `serving_default` signature, exactly as TensorFlow
 Serving calls it, so this checks the exported artifact rather than the training code.
-How image files are made 28x28 is described in `keras_adder.images`.
+Image files are prepared as MNIST was (crop to the ink, fit a 20x20 box, centre of mass
+at the centre; see `keras_adder.images`); answers below UNSURE_BELOW are flagged.
 `--write-examples DIR` writes TF Serving REST request bodies for the chosen inputs
 instead of predicting (see docs/serving.md).
 """
@@ -21,7 +22,7 @@ from keras_adder import plots, startup
 from keras_adder.cli import run
 from keras_adder.constants import DEFAULT_EXPORT_DIR, NUM_DIGITS, TEST_SIZE
 from keras_adder.errors import KerasAdderError
-from keras_adder.images import load_files
+from keras_adder.images import UNSURE_BELOW, is_unsure, load_digit, load_npy
 from keras_adder.rest import write_request_examples
 
 MAX_SHOWN = 100  # the --show picture stays readable
@@ -40,6 +41,20 @@ def parse_integers(texts, what, low, high=None):
             raise KerasAdderError(f"{what} {value} is {allowed}")
         values.append(value)
     return values
+
+
+def load_files(files, prepare=None):
+    """Images from image files and .npy arrays: (sources, uint8 [N, 28, 28])."""
+    sources, batches = [], [np.zeros((0, 28, 28), np.uint8)]
+    for name in files:
+        if Path(name).suffix.lower() == ".npy":
+            array = load_npy(name)
+            sources += [name] if len(array) == 1 else [f"{name}[{i}]" for i in range(len(array))]
+        else:
+            array = load_digit(name, prepare).image[np.newaxis]
+            sources.append(name)
+        batches.append(array)
+    return sources, np.concatenate(batches)
 
 
 def pair_numbers(numbers, count):
@@ -70,6 +85,7 @@ def prediction_rows(sources, numbers, labels, outputs):
             "sum": total,
             "sum_probability": float(outputs["sum_probabilities"][i, total]),
         }
+        row["unsure"] = is_unsure(min(row["digit_probability"], row["sum_probability"]))
         if labels[i] is not None:
             row["label"] = labels[i]
         rows.append(row)
@@ -79,9 +95,9 @@ def prediction_rows(sources, numbers, labels, outputs):
 def format_table(rows):
     """The rows as an aligned text table (a label column when any label is known)."""
     with_labels = any("label" in row for row in rows)
-    header = ["image", "number", "digit", "p(digit)", "sum", "p(sum)"]
+    header = ["image", "number", "digit", "p(digit)", "sum", "p(sum)", "note"]
     if with_labels:
-        header.append("label")
+        header.insert(-1, "label")
     lines = [header]
     for row in rows:
         cells = [row["source"], str(row["number"]), str(row["digit"]),
@@ -89,6 +105,7 @@ def format_table(rows):
                  f"{row['sum_probability']:.3f}"]
         if with_labels:
             cells.append(str(row.get("label", "")))
+        cells.append("unsure" if row["unsure"] else "")
         lines.append(cells)
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     return "\n".join(
@@ -129,9 +146,10 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_adder.predict",
         description="Predict the digit in each image and its sum with a number, using an "
-        "exported SavedModel's serving signature. Image files of any size are made 28x28 "
-        "grayscale; one whose border pixels average above 127 (a light background) is "
-        "inverted to MNIST's light-on-dark.",
+        "exported SavedModel's serving signature. Image files of any size and either "
+        "polarity are prepared as MNIST was: the ink found against the paper, cropped, "
+        f"fitted into 20x20 and centred in 28x28. Answers below p={UNSURE_BELOW} are "
+        "marked unsure.",
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE",
                         help="PNG/JPEG/... image files, or .npy arrays [28,28] or [N,28,28]")
@@ -140,10 +158,17 @@ def build_parser():
     parser.add_argument("--number", nargs="+", required=True, metavar="N",
                         help="the number 0-9 to add: one for all images, or one per image")
     parser.add_argument("--model", default=DEFAULT_EXPORT_DIR,
-                        help="SavedModel directory, or a base path of integer versions (the "
-                        f"highest is used); default: {DEFAULT_EXPORT_DIR}")
+                        help="SavedModel directory, a base path of integer versions (the "
+                        "highest is used), or a .tflite / .onnx file from "
+                        f"`python -m keras_adder.export --format`; default: {DEFAULT_EXPORT_DIR}")
     parser.add_argument("--data-dir", help="MNIST folder for --mnist-test-index "
                         "(default: $KERAS_ADDER_DATA, else Keras' download)")
+    parser.add_argument("--prepare", action=argparse.BooleanOptionalAction,
+                        help="MNIST's preparation of image files (crop to the ink, fit "
+                        "20x20, centre of mass at the centre): --prepare always, "
+                        "--no-prepare never (28x28 MNIST-style files only); default: "
+                        "unless the file already looks like an MNIST image. .npy arrays "
+                        "are used as they are")
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PICTURE",
@@ -165,12 +190,12 @@ def main(argv=None):
         raise KerasAdderError(f"--write-examples {args.write_examples}: folder does not exist")
     if args.show:
         _check_picture_path(args.show)
-    sources, images = load_files(args.images)
+    sources, images = load_files(args.images, args.prepare)
     numbers = pair_numbers(numbers, len(images) + len(indices))
     labels = [None] * len(images)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which a bad input never needs.
-    from keras_adder import data, saved_model
+    from keras_adder import data, runtimes, saved_model
 
     if indices:
         _, (test_images, test_labels) = data.load_mnist(args.data_dir)
@@ -181,9 +206,12 @@ def main(argv=None):
         for path in write_request_examples(args.write_examples, images, numbers):
             print(f"wrote {path}")
         return None
-    model_path, serve = saved_model.load_saved_model(args.model)
-    rows = prediction_rows(sources, numbers, labels,
-                           saved_model.run_signature(serve, images, numbers))
+    if Path(args.model).suffix in runtimes.FORMATS:  # a LiteRT or ONNX file
+        model_path, answer = args.model, runtimes.load_runtime_model(args.model).predict
+    else:
+        model_path, serve = saved_model.load_saved_model(args.model)
+        answer = lambda images, numbers: saved_model.run_signature(serve, images, numbers)  # noqa: E731
+    rows = prediction_rows(sources, numbers, labels, answer(images, numbers))
     if args.show:
         save_picture(args.show, images, rows)
     if args.json:

@@ -20,13 +20,16 @@ def import_tensorflow():
         import keras  # noqa: F401  (imports TensorFlow)
         return
     os.environ[LOG_LEVEL_VARIABLE] = "3"  # errors only: hides the cuInit line
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # "Assets written to ..."
     sys.stderr.flush()
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, 2)  # the lines before absl's log set-up ignore the level
     try:
         import keras  # noqa: F401
+        import tensorflow as tf
     finally:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(devnull)
+    # Not before the import: in Jupyter, TensorFlow's first get_logger() sets its
+    # logger to INFO, which prints "INFO:tensorflow:Assets written to ..." on export.
+    tf.get_logger().setLevel(logging.WARNING)

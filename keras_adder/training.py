@@ -14,7 +14,7 @@ from tensorflow.python.framework.config import disable_op_determinism
 
 from keras_adder import data, distribution, evaluation, promotion, signals
 from keras_adder.callbacks import StopOnNaN, make_callbacks
-from keras_adder.constants import DEFAULT_EXPORT_DIR
+from keras_adder.constants import DEFAULT_EXPORT_DIR, TRAIN_SIZE, VALIDATION_SIZE
 from keras_adder.errors import KerasAdderError
 from keras_adder.files import check_writable, read_json
 from keras_adder.model import build_model, compile_model
@@ -53,8 +53,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     # 2. Model: the functional model, one sparse categorical cross-entropy per head.
     run.start(config)
     _seed_everything(recipe)
-    with strategy.scope():
-        model = compile_model(build_model(recipe.arch), recipe, steps)
+    model = _build(recipe, strategy, steps)
 
     # 3. Fit, with checkpoints of the best epoch, a CSV history and crash recovery.
     callbacks = make_callbacks(run, best_val_loss=run.keep_history(start_epoch),
@@ -96,9 +95,18 @@ def _run_facts(run, model, strategy, recipe, train_images):
             "keras_path": str(run.best_model), "history": str(run.history)}
 
 
+def _build(recipe, strategy, steps):
+    """The compiled model, its variables mirrored over the strategy's replicas."""
+    with strategy.scope():
+        model = distribution.synchronize_batch_norm(build_model(recipe.arch), strategy)
+        return compile_model(model, recipe, steps)
+
+
 def _open(run_dir, config, strategy):
     """This process's run directory, checked and locked; the epoch to start from; and
     whether the run is finished (the same answer on every worker)."""
+    distribution.check_batch_split(strategy, config["batch_size"],
+                                   config["train_examples"] or TRAIN_SIZE - VALIDATION_SIZE)
     check_writable(run_dir, "run directory")
     chief = distribution.is_chief(strategy)
     worker = None if chief else distribution.worker_index(strategy)

@@ -8,7 +8,7 @@ import pytest
 
 from keras_adder.errors import KerasAdderError
 from keras_adder.data import (
-    MNIST_FILES, eval_dataset, load_mnist, load_mnist_dir, model_inputs, read_idx,
+    MNIST_FILES, eval_dataset, load_mnist, load_mnist_dir, read_idx,
     resolve_data_dir, split_validation, steps_per_epoch, train_dataset,
 )
 

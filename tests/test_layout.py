@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "keras_adder"
-COMMANDS = {"train", "evaluate", "predict", "export", "bench"}
+COMMANDS = {"train", "evaluate", "predict", "export", "bench", "demo"}
 COMMAND_PLUMBING = {"cli"}  # argparse types and exit codes, for commands only
 MAX_FUNCTION_LINES = 60
 

@@ -13,21 +13,17 @@ must drop that row and keep best.keras, since its new epoch is worse.
 
 import csv
 import json
-import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 from conftest import recount_test_accuracy
+from training_runs import backed_up_epochs, history, kill_after_backup, run_to_end
 
 pytestmark = pytest.mark.slow
 
 EPOCHS = 3
 # Enough images that an epoch lasts seconds, so the kill lands inside the second epoch.
 TRAIN_EXAMPLES = 2048
-TIMEOUT_S = 600
 
 
 def train_command(root):
@@ -36,45 +32,6 @@ def train_command(root):
         "--train-examples", str(TRAIN_EXAMPLES),
         "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
     ]
-
-
-def run_to_end(command):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def backed_up_epochs(run_dir):
-    """Epochs in BackupAndRestore's metadata; 0 while it is absent or being written."""
-    try:
-        return json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def history(run_dir):
-    with (run_dir / "history.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def kill_after_backup(command, run_dir, epochs=1):
-    """Start training, SIGKILL it as soon as `epochs` are backed up; the epochs it logged."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while backed_up_epochs(run_dir) < epochs:
-            assert process.poll() is None, process.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(0.05)
-        os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
-    return len(history(run_dir))
 
 
 @pytest.fixture(scope="module")

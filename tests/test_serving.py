@@ -14,6 +14,7 @@ from keras_adder import export, predict, saved_model
 from keras_adder.cli import run
 from keras_adder.errors import KerasAdderError
 from keras_adder.data import model_inputs
+from keras_adder.rest import rest_response, tensors_from_rest_body
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "saved_models" / "examples"
@@ -116,35 +117,6 @@ def test_bad_calls_fail_with_invalid_argument_saying_why(plain_tf_report, case, 
 
 
 # --- The REST example bodies, parsed the way TF Serving parses JSON ---------------------
-
-
-def tensors_from_rest_body(body, input_specs):
-    """The named input tensors TF Serving builds from a `:predict` JSON body.
-
-    Row form: "instances" is a list of objects, one per example, each with every named
-    input; the values of each input are stacked into a batch. Columnar form: "inputs"
-    maps each name to its whole batch. Values take the signature's dtypes.
-    """
-    if "instances" in body:
-        instances = body["instances"]
-        for instance in instances:
-            assert set(instance) == set(input_specs), "each instance names every input"
-        columns = {name: [instance[name] for instance in instances] for name in input_specs}
-    else:
-        assert set(body["inputs"]) == set(input_specs)
-        columns = body["inputs"]
-    return {name: np.asarray(columns[name], spec.dtype.as_numpy_dtype)
-            for name, spec in input_specs.items()}
-
-
-def rest_response(body, outputs):
-    """TF Serving's answer: row requests get a list of objects, columnar ones an object."""
-    outputs = {name: value.numpy().tolist() for name, value in outputs.items()}
-    if "instances" in body:
-        count = len(next(iter(outputs.values())))
-        return {"predictions": [{name: value[i] for name, value in outputs.items()}
-                                for i in range(count)]}
-    return {"outputs": outputs}
 
 
 def mnist_test_index(image, test_images):

@@ -81,18 +81,22 @@ def test_saved_model_runs_in_a_fresh_process_without_keras_adder(
 
 
 def test_a_one_epoch_run_ends_with_the_rate_decayed(data_dir, tmp_path):
-    """Warm-up and decay scale with the run: even one epoch ends near a zero rate."""
+    """Warm-up and decay scale with the run: even one epoch ends near a zero rate.
+
+    The whole training set: BatchNorm's moving statistics (momentum 0.99) need a few
+    hundred steps before the model can be evaluated at all.
+    """
     import keras
 
     from keras_adder.recipe import Recipe
     from keras_adder.training import train
 
-    recipe = Recipe(epochs=1, train_examples=4096, seed=1)
+    recipe = Recipe(epochs=1, seed=1)
     metrics = train(recipe, data_dir=data_dir, run_dir=tmp_path / "run",
                     export_dir=tmp_path / "export", verbose=0)
     optimizer = keras.saving.load_model(metrics["keras_path"]).optimizer
-    assert int(optimizer.iterations) == 32  # 4,096 images / 128
+    assert int(optimizer.iterations) == 430  # 55,000 images / 128
     final_rate = float(optimizer.learning_rate)
     assert final_rate < 0.01 * recipe.learning_rate, final_rate
-    assert metrics["test"]["digit_accuracy"] > 0.8, metrics["test"]  # chance: 0.1
-    assert metrics["test"]["sum_accuracy"] > 0.7, metrics["test"]
+    assert metrics["test"]["digit_accuracy"] > 0.95, metrics["test"]  # chance: 0.1
+    assert metrics["test"]["sum_accuracy"] > 0.95, metrics["test"]

@@ -1,0 +1,138 @@
+"""The browser demo: draw a digit (or upload a photo), pick a number, see the sum.
+
+The app calls an exported SavedModel's `serving_default` signature, as TF Serving would,
+and every picture goes through `images.load_digit`, the loader and MNIST-style
+preparation that `predict` uses, so the demo and the command answer alike for the same
+picture. It shows the 28x28 image the model saw, so a user sees why it answered so.
+
+Nothing leaves the machine: no share link, Gradio's analytics and version check are off,
+and the default theme's fonts are served by the app itself. Gradio is imported here;
+only `python -m keras_adder.demo` and the tests import this module.
+"""
+
+import os
+
+# Read by Gradio when it is imported (its version check and telemetry calls).
+os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+
+import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+
+from keras_adder import images, startup  # noqa: E402
+from keras_adder.constants import NUM_DIGITS  # noqa: E402
+from keras_adder.errors import KerasAdderError  # noqa: E402
+
+CANVAS_SIDE = 280  # pixels: ten canvas pixels per MNIST pixel
+BRUSH_RADIUS = 9  # MNIST's strokes are ~2 of 28 pixels wide: ~20 of 280
+SHOWN_CLASSES = 3  # each bar chart shows its head's most likely answers
+EMPTY_CANVAS = "Draw a digit on the black canvas (white ink), or upload a photo of one."
+SHOWN_SCALE = 8  # the 28x28 image is shown as 224x224, each pixel an 8x8 square
+# "Clear canvas" would remove the black background, and white ink on the transparent
+# canvas reads as white on white paper: hidden, so Undo is the way to start again.
+CSS = "#sketchpad button[aria-label='Clear canvas'] { display: none; }"
+
+
+def _black_canvas():
+    black = np.zeros((CANVAS_SIDE, CANVAS_SIDE, 3), np.uint8)
+    return {"background": black, "layers": [], "composite": black}
+
+
+def _picture_path(drawing, upload):
+    """The file to read: an uploaded photo wins over the drawing; None when neither."""
+    if upload:
+        return upload
+    if isinstance(drawing, dict):
+        return drawing.get("composite")
+    return None
+
+
+def _prepare(path):
+    """(uint8 [28, 28], None) or (None, a message for the page)."""
+    try:
+        return images.load_digit(path).image, None
+    except KerasAdderError as error:
+        # The message names Gradio's temporary copy, which means nothing to the user.
+        return None, str(error).removeprefix(f"{path}: ")
+
+
+def answer(predict, drawing, upload, number):
+    """The page's outputs (text, digit bars, sum bars, the 28x28 image enlarged) for one
+    request.
+
+    `predict(image, number)` returns the serving signature's outputs for one pair.
+    """
+    nothing = (None, None, None)
+    path = _picture_path(drawing, upload)
+    if path is None:
+        return (EMPTY_CANVAS, *nothing)
+    image, problem = _prepare(path)
+    if problem:
+        hint = EMPTY_CANVAS if not upload and "no digit found" in problem else ""
+        return (f"{problem}. {hint}".strip(), *nothing)
+    if number not in range(NUM_DIGITS):  # None, 2.5 and 12 are refused alike
+        return (f"Pick a whole number from 0 to {NUM_DIGITS - 1}.", *nothing)
+    number = int(number)
+    outputs = predict(image, number)
+    digit, total = int(outputs["digit"][0]), int(outputs["sum"][0])
+    digit_bars = {str(i): float(p) for i, p in enumerate(outputs["digit_probabilities"][0])}
+    sum_bars = {str(i): float(p) for i, p in enumerate(outputs["sum_probabilities"][0])}
+    text = f"{digit} + {number} = {total}"
+    if images.is_unsure(min(digit_bars[str(digit)], sum_bars[str(total)])):
+        text += (f"  (unsure: the model gives this answer less than "
+                 f"{images.UNSURE_BELOW:.0%} probability)")
+    # Enlarged by repeating pixels, so the page shows exactly the model's input.
+    shown = np.kron(image, np.ones((SHOWN_SCALE, SHOWN_SCALE), np.uint8))
+    return text, digit_bars, sum_bars, shown
+
+
+def build_app(model_path):
+    """A gr.Blocks over the SavedModel at `model_path` (a version folder, or a base
+    path whose highest version is used). Loading runs the model's graph: load only
+    models from a trusted source."""
+    startup.import_tensorflow()
+    # Deferred: the library imports TensorFlow, which startup has just imported quietly.
+    from keras_adder.saved_model import load_saved_model, run_signature
+
+    version_path, serve = load_saved_model(model_path)
+
+    def predict(image, number):
+        return run_signature(serve, image[np.newaxis], np.array([number], np.int32))
+
+    with gr.Blocks(title="keras-adder", analytics_enabled=False) as app:
+        gr.Markdown(f"## Draw a digit, pick a number, see the sum\nModel: `{version_path}`")
+        with gr.Row():
+            with gr.Column():
+                drawing = gr.Sketchpad(
+                    value=_black_canvas(), type="filepath", format="png", image_mode="RGB",
+                    canvas_size=(CANVAS_SIDE, CANVAS_SIDE), fixed_canvas=True, layers=False,
+                    brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff",
+                                   color_mode="fixed", default_size=BRUSH_RADIUS),
+                    label="Draw one digit (white on black)", elem_id="sketchpad")
+                upload = gr.Image(type="filepath", sources=["upload"], label="Or upload a "
+                                  "photo of one digit (used instead of the drawing)",
+                                  elem_id="upload")
+                number = gr.Number(value=3, minimum=0, maximum=NUM_DIGITS - 1, step=1,
+                                   precision=0, label="Number to add (0-9)", elem_id="number")
+                button = gr.Button("Add", variant="primary", elem_id="add")
+            with gr.Column():
+                result = gr.Textbox(label="digit + number = sum", elem_id="result")
+                seen = gr.Image(label="What the model saw (28x28)", format="png",
+                                image_mode="L", interactive=False, height=280,
+                                buttons=["download", "fullscreen"], elem_id="model-input")
+                digit_bars = gr.Label(num_top_classes=SHOWN_CLASSES,
+                                      label=f"Digit: the {SHOWN_CLASSES} most likely",
+                                      elem_id="digit-probabilities")
+                sum_bars = gr.Label(num_top_classes=SHOWN_CLASSES,
+                                    label=f"Sum: the {SHOWN_CLASSES} most likely",
+                                    elem_id="sum-probabilities")
+        button.click(lambda *inputs: answer(predict, *inputs), [drawing, upload, number],
+                     [result, digit_bars, sum_bars, seen])
+    return app
+
+
+def launch(app, host="127.0.0.1", port=None, block=True):
+    """Serve `app` on host:port (port None: Gradio picks a free one from 7860) with no
+    share link; block=False returns at once, the server running in a thread."""
+    app.launch(server_name=host, server_port=port, share=False, css=CSS, quiet=not block,
+               prevent_thread_lock=not block, show_error=True)
+    return app.local_url

@@ -1,0 +1,268 @@
+"""The browser demo, tested in a real browser: Debian's Chromium driven by Playwright.
+
+The app is built over the shared short training run's SavedModel and served on a free
+loopback port; the test draws digits as mouse strokes on the sketchpad, sets numbers,
+presses the button and reads the page. Every request the page makes must stay on this
+machine.
+"""
+
+import io
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import urllib.parse
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own download needs internet
+TIMEOUT_MS = 60_000
+# Set to a path (e.g. docs/images/demo.png) to keep the screenshot of the 7.
+SCREENSHOT_VARIABLE = "KERAS_ADDER_DEMO_SCREENSHOT"
+
+
+def _circle(centre_x, centre_y, radius_x, radius_y, points=24):
+    return [(centre_x + radius_x * math.sin(2 * math.pi * i / points),
+             centre_y - radius_y * math.cos(2 * math.pi * i / points))
+            for i in range(points + 1)]
+
+
+# Strokes as fractions of the canvas, drawn the way MNIST's writers drew them: a slightly
+# slanted 1, a 7 with its top bar and a long diagonal, a 0 taller than wide.
+STROKES = {
+    1: [[(0.53, 0.2), (0.47, 0.8)]],
+    7: [[(0.3, 0.22), (0.7, 0.22), (0.62, 0.4), (0.45, 0.8)]],
+    0: [_circle(0.5, 0.5, 0.18, 0.3)],
+}
+NUMBERS = {1: 4, 7: 8, 0: 6}
+ANSWER = re.compile(r"^(\d) \+ (\d) = (\d+)")
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo(trained_run):
+    """(url, paths): the served app, and every picture path it loaded, in order."""
+    from keras_adder import demo_app, images
+
+    loaded = []
+    load_digit = images.load_digit
+
+    def recording_load_digit(path, *args, **kwargs):
+        loaded.append(path)
+        return load_digit(path, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(images, "load_digit", recording_load_digit)
+        app = demo_app.build_app(trained_run["export_path"])
+        url = demo_app.launch(app, port=free_port(), block=False)
+        try:
+            yield url, loaded
+        finally:
+            app.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+@pytest.fixture
+def page(browser, demo):
+    """A fresh page of the app; requests to anywhere but this machine fail the test."""
+    url, _ = demo
+    page = browser.new_page(viewport={"width": 1280, "height": 1100})
+    outside = []
+
+    def local_only(route):
+        host = urllib.parse.urlparse(route.request.url).hostname
+        if route.request.url.startswith("data:") or host in ("127.0.0.1", "localhost"):
+            route.continue_()
+        else:
+            outside.append(route.request.url)
+            route.abort()
+
+    page.route("**/*", local_only)
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.wait_for_selector("#sketchpad canvas")
+    yield page
+    page.close()
+    assert not outside, f"the page tried to reach other machines: {outside}"
+
+
+def canvas_square(page):
+    """(x, y, side) on the page of the black drawing area inside the editor's canvas."""
+    canvas = page.locator("#sketchpad canvas").first
+    box = canvas.bounding_box()
+    pixels = np.asarray(Image.open(io.BytesIO(canvas.screenshot())).convert("L"))
+    rows, cols = np.nonzero(pixels < 16)
+    scale = box["width"] / pixels.shape[1]
+    side = (min(np.ptp(rows), np.ptp(cols)) + 1) * scale
+    return box["x"] + cols.min() * scale, box["y"] + rows.min() * scale, side
+
+
+def draw(page, strokes):
+    """Select the brush, then draw each stroke as a mouse drag on the black canvas."""
+    page.locator("#sketchpad button[aria-label='Brush']").click()
+    left, top, side = canvas_square(page)
+    for stroke in strokes:
+        points = [(left + x * side, top + y * side) for x, y in stroke]
+        page.mouse.move(*points[0])
+        page.mouse.down()
+        for point in points[1:]:
+            page.mouse.move(*point, steps=8)
+        page.mouse.up()
+
+
+def submit(page, number):
+    """Set the number, press Add; the answer text once it has changed."""
+    page.locator("#number input").fill(str(number))
+    result = page.locator("#result textarea")
+    before = result.input_value()
+    page.locator("#add").click()
+    page.wait_for_function(
+        "([selector, before]) => document.querySelector(selector).value !== before",
+        arg=["#result textarea", before])
+    return result.input_value()
+
+
+def shown_image(page):
+    """The 28x28 image the page shows as the model's input, decoded from its PNG."""
+    source = page.locator("#model-input img").get_attribute("src")
+    body = page.request.get(urllib.parse.urljoin(page.url, source)).body()
+    return np.asarray(Image.open(io.BytesIO(body)).convert("L"))
+
+
+@pytest.mark.parametrize("digit", sorted(STROKES))
+def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path):
+    from keras_adder import demo_app
+    from keras_adder.predict import load_files
+
+    _, loaded = demo
+    draw(page, STROKES[digit])
+    text = submit(page, NUMBERS[digit])
+    match = ANSWER.match(text)
+    assert match, text
+    assert (int(match[1]), int(match[2]), int(match[3])) == (
+        digit, NUMBERS[digit], digit + NUMBERS[digit])
+    page.wait_for_selector("#digit-probabilities, #sum-probabilities")
+    # The drawing the app received, saved as a PNG, and prepared by predict's loader.
+    drawing = shutil.copy(loaded[-1], tmp_path / "drawing.png")
+    _, prepared = load_files([str(drawing)])
+    scale = demo_app.SHOWN_SCALE
+    assert np.array_equal(shown_image(page), np.kron(prepared[0], np.ones((scale, scale))))
+    screenshot = os.environ.get(SCREENSHOT_VARIABLE)
+    if digit == 7:
+        page.screenshot(path=screenshot or tmp_path / "demo.png", full_page=True)
+
+
+def test_an_empty_canvas_gets_a_message(page):
+    assert page.locator("#sketchpad button[aria-label='Clear canvas']").is_hidden()
+    text = submit(page, 5)
+    assert "no digit found" in text and "Draw a digit" in text
+    assert not ANSWER.match(text)
+
+
+def test_an_uploaded_photo_goes_through_the_same_loader(page, mnist, tmp_path):
+    (_, _), (test_images, test_labels) = mnist
+    photo = tmp_path / "photo.png"
+    Image.fromarray(255 - test_images[0]).resize((140, 140)).save(photo)  # dark on light
+    page.locator("#upload input[type=file]").set_input_files(str(photo))
+    page.wait_for_selector("#upload img")
+    text = submit(page, 2)
+    assert ANSWER.match(text), text
+    assert int(ANSWER.match(text)[1]) == test_labels[0]
+
+
+class FakeModel:
+    """Stands in for the signature in the widget-input checks below."""
+
+    def __call__(self, image, number):
+        assert image.shape == (28, 28) and image.dtype == np.uint8
+        digit = np.eye(10, dtype=np.float32)[[3]]
+        total = np.eye(19, dtype=np.float32)[[3 + number]]
+        return {"digit": np.array([3]), "sum": np.array([3 + number]),
+                "digit_probabilities": digit, "sum_probabilities": total}
+
+
+def _blank(tmp_path, name="blank.png"):
+    path = tmp_path / name
+    Image.new("RGB", (280, 280)).save(path)
+    return str(path)
+
+
+def _stroke(tmp_path):
+    path = tmp_path / "stroke.png"
+    image = np.zeros((280, 280), np.uint8)
+    image[60:220, 130:150] = 255
+    Image.fromarray(image).save(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("drawing, upload, number, message", [
+    (None, None, 3, "Draw a digit"),
+    ({"background": None, "layers": [], "composite": None}, None, 3, "Draw a digit"),
+    ("blank", None, 3, "no digit found"),
+    (None, "blank", 3, "no digit found"),
+    (None, "not-an-image", 3, "not an image"),
+    ("stroke", None, None, "whole number"),
+    ("stroke", None, 2.5, "whole number"),
+    ("stroke", None, 10, "whole number"),
+    ("stroke", None, -1, "whole number"),
+])
+def test_every_widget_input_gets_an_answer_or_a_message(tmp_path, drawing, upload,
+                                                        number, message):
+    from keras_adder.demo_app import answer
+
+    files = {"blank": _blank(tmp_path), "stroke": _stroke(tmp_path)}
+    (tmp_path / "notes.png").write_text("not a picture")
+    files["not-an-image"] = str(tmp_path / "notes.png")
+    drawing = {"composite": files[drawing]} if isinstance(drawing, str) else drawing
+    text, *rest = answer(FakeModel(), drawing, files.get(upload), number)
+    assert message in text
+    assert str(tmp_path) not in text  # Gradio's temporary names mean nothing to users
+    assert rest == [None, None, None]
+
+
+def test_a_drawing_and_a_number_give_the_sum(tmp_path):
+    from keras_adder.demo_app import answer
+
+    text, digits, sums, image = answer(FakeModel(), {"composite": _stroke(tmp_path)}, None, 4)
+    assert text == "3 + 4 = 7"
+    assert digits["3"] == 1.0 and sums["7"] == 1.0 and image.shape == (224, 224)
+
+
+def test_help_is_fast_and_imports_neither_gradio_nor_tensorflow():
+    code = ("import sys\nfrom keras_adder.demo import main\ntry:\n    main(['--help'])\n"
+            "except SystemExit:\n    pass\n"
+            "print(sorted(m for m in ('gradio', 'tensorflow') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=60, cwd=Path(__file__).parents[1])
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("[]")
+
+
+@pytest.mark.parametrize("flag", ["--port=0", "--port=70000", "--port=http"])
+def test_a_bad_port_is_refused_before_anything_starts(flag):
+    result = subprocess.run([sys.executable, "-m", "keras_adder.demo", flag],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "port" in result.stderr.splitlines()[-1]

@@ -1,0 +1,117 @@
+"""The README and docs/ say what the code does.
+
+README.md stays short and links every docs page; every relative link and anchor in README
+and docs/ resolves; the README's layout table lists exactly the files of keras_adder/
+(all of them, __init__.py included); no page carries a commit hash; every flag a page
+passes to `python -m keras_adder.<command>` exists. (tests/test_bad_inputs.py reads its
+expected messages from docs/reliability.md's bad-input table.)
+"""
+
+import contextlib
+import importlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+DOCS = REPO / "docs"
+PACKAGE = REPO / "keras_adder"
+MAX_README_LINES = 250
+REQUIRED_PAGES = ("design.md", "serving.md", "reliability.md", "scaling.md", "performance.md")
+COMMANDS = ("train", "evaluate", "predict", "export", "bench", "demo")
+
+FENCE = re.compile(r"^```.*?^```", re.M | re.S)
+LINK = re.compile(r"\]\(([^)\s]+)\)")  # [text](target) and ![alt](target)
+# A commit hash: 7 to 40 lowercase hex characters standing alone, with a digit and a letter.
+COMMIT_HASH = re.compile(r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\b")
+COMMAND_LINE = re.compile(r"python -m keras_adder\.(\w+)([^`\n]*)")
+MAKE_LINE = re.compile(r"make (train|bench) ARGS=(\"[^\"]*\"|\S+)")
+FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+
+
+def pages():
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def prose(text):
+    """The text without its fenced code blocks."""
+    return FENCE.sub("", text)
+
+
+def anchors(page):
+    """GitHub's anchors for the headings of a markdown page."""
+    headings = re.findall(r"^#{1,6} (.+)$", prose(page.read_text()), re.M)
+    return {re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+            for heading in headings}
+
+
+def test_readme_is_short():
+    assert len(README.read_text().splitlines()) <= MAX_README_LINES
+
+
+def test_readme_links_every_docs_page():
+    linked = {target.split("#")[0] for target in LINK.findall(prose(README.read_text()))}
+    missing = [page for page in REQUIRED_PAGES if f"docs/{page}" not in linked]
+    assert not missing, f"README.md does not link {missing}"
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)
+def test_relative_links_resolve(page):
+    for target in LINK.findall(prose(page.read_text())):
+        if "://" in target:
+            continue
+        path, _, anchor = target.partition("#")
+        linked = (page.parent / path) if path else page
+        assert linked.exists(), f"{page.name} links {target}, which does not exist"
+        if anchor and linked.suffix == ".md":
+            assert anchor in anchors(linked), f"{page.name} links {target}: no such heading"
+
+
+def layout_table():
+    """The module names in the first column of the README's "## Layout" table."""
+    section = README.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\| `([\w.]+\.py)` \|", section, re.M)
+
+
+def test_readme_layout_table_lists_exactly_the_modules():
+    listed = layout_table()
+    assert len(listed) == len(set(listed)), "a module is listed twice"
+    assert sorted(listed) == sorted(path.name for path in PACKAGE.glob("*.py"))
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)
+def test_no_commit_hashes(page):
+    assert not COMMIT_HASH.findall(page.read_text())
+
+
+@pytest.fixture(scope="module")
+def help_texts():
+    """Each command's --help, which imports no TensorFlow (tests/test_layout.py)."""
+    texts = {}
+    for command in COMMANDS:
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), pytest.raises(SystemExit):
+            importlib.import_module(f"keras_adder.{command}").main(["--help"])
+        texts[command] = output.getvalue()
+    return texts
+
+
+def commands_in(text):
+    """(command, flags) for every `python -m keras_adder.<command> ...` and
+    `make train|bench ARGS=...` in the text; a shell comment ends a command."""
+    text = text.replace("\\\n", " ")
+    found = [(command, rest.split(" #")[0]) for command, rest in COMMAND_LINE.findall(text)]
+    found += MAKE_LINE.findall(text)
+    return [(command, FLAG.findall(rest)) for command, rest in found]
+
+
+@pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)
+def test_commands_use_existing_flags(page, help_texts):
+    for command, flags in commands_in(page.read_text()):
+        assert command in COMMANDS, f"{page.name}: no command keras_adder.{command}"
+        unknown = [flag for flag in flags if flag not in FLAG.findall(help_texts[command])]
+        assert not unknown, f"{page.name}: {command} has no {unknown}"
