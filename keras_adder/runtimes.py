@@ -11,8 +11,9 @@ The preprocessing (image / 255, one-hot number) is inside the file, the same cod
 the SavedModel's (`keras_adder.data.model_inputs`).
 
 Neither format has the signature's in-graph checks (no Assert op): a number of 10
-one-hot encodes to zeros and gets a confident, meaningless answer, and a batch
-mismatch or an empty batch fails inside the runtime with a message about tensors.
+one-hot encodes to zeros and gets an answer without any error (both runtimes), a
+batch mismatch fails inside the runtime with a message about
+tensors (a Concat node, an XNNPACK reshape), and LiteRT fails on an empty batch.
 So the checks live in the reader: `load_runtime_model(path).predict(images, numbers)`
 refuses a number outside 0-9, a wrong shape or dtype and a batch mismatch with a
 KerasAdderError, answers an empty batch with empty outputs, and feeds the runtime at
@@ -22,16 +23,19 @@ Each file is written under a hidden temporary name in its folder, loaded back, c
 against the Keras model on real images, and only then renamed: on any failure or
 Ctrl-C nothing is left, and an existing file is replaced only by a checked one.
 
-int8 (`quantize="int8"`) is calibrated on training images only:
-- LiteRT: full-integer post-training quantization (int8 weights per channel, int8
-  activations) from a representative dataset; the preprocessing, the argmax and the
-  softmax stay float where LiteRT has no integer kernel.
-- ONNX: ONNX Runtime static quantization in QDQ format: uint8 activations, int8
-  per-channel weights with reduce_range (7-bit), as ONNX Runtime advises for x86
-  CPUs without VNNI (this machine has AVX2 only).
+int8 (`quantize="int8"`) is calibrated on training images only (CALIBRATION_IMAGES of
+them, numbers cycling 0-9). The convolutions and pooling, over 99.9 % of the FLOPs, run
+in int8; the two small heads stay float, so argmax compares float probabilities:
+- LiteRT: post-training integer quantization (int8 weights per channel, int8
+  activations) from a representative dataset, with LITERT_FLOAT_OPS kept float
+  through the quantization debugger's deny list.
+- ONNX: ONNX Runtime static quantization in QDQ format of ONNX_INT8_OPS: uint8
+  activations, int8 per-channel weights with reduce_range (7-bit), as ONNX Runtime
+  advises for x86 CPUs without VNNI.
 """
 
 import os
+import secrets
 import tempfile
 import time
 from pathlib import Path
@@ -50,18 +54,20 @@ OUTPUTS = ("digit", "sum", "digit_probabilities", "sum_probabilities")
 MAX_BATCH = 1024  # pairs per runtime call: bounds the runtime's activation memory
 LITERT_THREADS = 2
 ONNX_OPSET = 17
-# int8 covers the convolutions and pooling (over 99.9 % of the FLOPs); the heads stay
-# float so that argmax compares float probabilities, not 1/256 steps that tie.
+# Quantized, the heads' softmax has 1/256 steps, and argmax breaks their ties by
+# index; with an int8 ONE_HOT (its on/off values and its output got different
+# scales) LiteRT's sum head agreed with Keras on 13 % of pairs.
 LITERT_FLOAT_OPS = ["ONE_HOT", "FULLY_CONNECTED", "LOG_SOFTMAX", "SOFTMAX", "MUL",
-                    "CONCATENATION"]
+                    "CONCATENATION", "RESHAPE", "ARG_MAX"]
 ONNX_INT8_OPS = ["Conv", "MaxPool"]
 CALIBRATION_IMAGES = 1024
 CALIBRATION_BATCH = 32
 # The post-export check. fp32 files compute the same function in another order of
 # float operations; int8 ones round weights and activations to 256 levels, which
-# moves probabilities by up to a few hundredths and flips near-ties.
+# moved probabilities by up to 0.04 (LiteRT) and 0.12 (ONNX) in 2,000 test pairs, and
+# flips near-ties. A broken quantization is off by ~1.
 FP32_TOLERANCE = 1e-4  # max |probability - Keras probability|
-INT8_TOLERANCE = 0.15
+INT8_TOLERANCE = 0.25
 INT8_MIN_AGREEMENT = 0.95  # share of check pairs whose classes match Keras's
 
 
@@ -122,9 +128,7 @@ def _litert_bytes(model, quantize, calibration_images):
         converter.representative_dataset = lambda: (
             {"image": image, "number": number} for image, number in pairs
         )
-        # LiteRT's int8 ONE_HOT copies its on/off values without rescaling them to
-        # the output's scale, which wrecks the sum head (13 % agreement with Keras);
-        # the quantization debugger's deny list keeps it (and the small heads) float.
+        # The quantization debugger is TF's way to keep chosen ops float.
         debugger = tf.lite.experimental.QuantizationDebugger(
             converter=converter, debug_dataset=converter.representative_dataset,
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
@@ -193,12 +197,10 @@ def _write_checked(path, suffix, write, check):
         raise KerasAdderError(f"{path}: the file name must end in {suffix}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{suffix}",
-                                        dir=path.parent)
     except OSError as error:
-        raise KerasAdderError(f"cannot write in {path.parent} ({error.strerror})") from None
-    os.close(handle)
-    staging = Path(name)
+        raise KerasAdderError(f"cannot create folder {path.parent} ({error.strerror})") from None
+    # Not mkstemp: its files are private (0600), and a server may run as another user.
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
     try:
         write(staging)
         check(staging)
@@ -226,9 +228,9 @@ def export_litert(model, path, *, check_images, quantize=None, calibration_image
     model. `quantize="int8"` needs `calibration_images` (training images only).
     """
     _check_quantize(quantize, calibration_images)
-    flatbuffer = _litert_bytes(model, quantize, calibration_images)
     return _write_checked(
-        path, ".tflite", lambda staging: staging.write_bytes(flatbuffer),
+        path, ".tflite",
+        lambda staging: staging.write_bytes(_litert_bytes(model, quantize, calibration_images)),
         lambda staging: _check_artifact(staging, model, check_images, quantize),
     )
 
@@ -254,6 +256,72 @@ def export_file(model, kind, path, *, check_images, quantize=None, calibration_i
         calibration_images = calibration_images[:CALIBRATION_IMAGES]
     return export(model, path, check_images=check_images, quantize=quantize,
                   calibration_images=calibration_images)
+
+
+def _foldable_batchnorms(model):
+    """{Conv2D name: the BatchNormalization fed by it alone and feeding on it alone}."""
+    import keras
+
+    producers = {
+        layer.name: [tensor._keras_history.operation.name  # the layer that made it
+                     for tensor in keras.tree.flatten(layer.input)]
+        for layer in model.layers
+    }
+    # The model's outputs count as consumers too.
+    outputs = [tensor._keras_history.operation.name
+               for tensor in keras.tree.flatten(model.outputs)]
+    consumers = {}
+    for layer_name, names in [*producers.items(), ("outputs", outputs)]:
+        for name in names:
+            if name != layer_name:  # an InputLayer's input is its own output
+                consumers[name] = consumers.get(name, 0) + 1
+    pairs = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.axis in (-1, 3):
+            (source,) = producers[layer.name]
+            if (isinstance(model.get_layer(source), keras.layers.Conv2D)
+                    and consumers[source] == 1):
+                pairs[source] = layer
+    return pairs
+
+
+def fold_batchnorm(model):
+    """A copy of a functional `model` in which each BatchNormalization right after a
+    Conv2D is folded into that convolution's kernel and bias (and replaced by an
+    identity): the same answers up to float rounding, one pass over the activations
+    fewer. Keras 3 computes BatchNormalization with elementwise ops
+    (tf.nn.batch_normalization), which TensorFlow does not fuse into the convolution as
+    it fuses a bias and a ReLU; the LiteRT and ONNX converters fold it themselves."""
+    import keras
+
+    folds = _foldable_batchnorms(model)
+    folded_away = {bn.name for bn in folds.values()}
+
+    def clone(layer):
+        if layer.name in folded_away:
+            # A Lambda accepts the `mask` argument the graph passes a BatchNormalization.
+            return keras.layers.Lambda(lambda x: x, name=layer.name)
+        config = layer.get_config()
+        if layer.name in folds:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    folded = keras.models.clone_model(model, clone_function=clone)
+    for layer in model.layers:
+        if layer.name in folded_away or not layer.weights:  # inputs get new names
+            continue
+        target = folded.get_layer(layer.name)
+        if layer.name not in folds:
+            target.set_weights(layer.get_weights())
+            continue
+        bn = folds[layer.name]
+        scale = (bn.gamma.numpy() if bn.scale else 1.0) / np.sqrt(
+            bn.moving_variance.numpy() + bn.epsilon)
+        bias = layer.bias.numpy() if layer.use_bias else 0.0
+        shift = bn.beta.numpy() if bn.center else 0.0
+        target.set_weights([layer.kernel.numpy() * scale,
+                            (bias - bn.moving_mean.numpy()) * scale + shift])
+    return folded
 
 
 # --- Reading ---------------------------------------------------------------------------
@@ -380,7 +448,7 @@ def model_flops_per_image(model):
     return flops
 
 
-def matmul_gflops(size=1024, calls=4):
+def matmul_gflops(size=1024, calls=16):
     """One timing of TensorFlow's fp32 matmul: GFLOP/s of `calls` products of two
     [size, size] matrices (2 size^3 FLOPs each)."""
     a = tf.random.stateless_normal([size, size], seed=[1, 2])

@@ -11,7 +11,7 @@ FP32_MIN_AGREEMENT = 0.9999
 # int8 rounds activations to 256 levels, which moves the probabilities by a few
 # hundredths: a pair flips when its two best classes are closer than that. The short
 # test model (2 epochs) is less sure of itself than the default one, so more of its
-# pairs are near-ties; on it, int8 agreed on 99.84-99.96 % of pairs in the runs behind
+# pairs are near-ties; on it, int8 agreed on 99.89-99.96 % of pairs in the runs behind
 # this test. A broken quantization (a wrong scale, a head in the wrong range) agrees on
 # far less (the sum head on 13 % with LiteRT's int8 ONE_HOT).
 INT8_MIN_AGREEMENT = 0.995
@@ -113,6 +113,14 @@ def test_empty_and_large_batches(name, files, mnist, saved_model_answers):
     assert answered["sum_probabilities"].shape == (count, 19)
 
 
+def test_files_get_the_usual_permissions(files, tmp_path):
+    # A server may run as another user: the files are as readable as any other.
+    usual = tmp_path / "usual"
+    usual.write_bytes(b"")
+    for path in files.values():
+        assert path.stat().st_mode == usual.stat().st_mode, path
+
+
 def test_failed_export_leaves_nothing(trained_model, mnist, tmp_path, monkeypatch):
     from keras_adder import runtimes
 
@@ -191,3 +199,29 @@ def test_speed_table(trained_model, trained_run, files, mnist):
         assert figures["fraction_of_cap"] == pytest.approx(figures["batch_images_per_s"] / cap)
     assert table["runtimes"]["SavedModel fp32"]["times_first"] == 1
     assert len(format_speed_table(table)) == 3 + len(paths)
+
+
+def test_batchnorm_folding(trained_model, mnist):
+    import keras
+
+    from keras_adder.data import model_inputs
+    from keras_adder.runtimes import fold_batchnorm
+
+    _, (test_images, _) = mnist
+    folded = fold_batchnorm(trained_model)
+    assert any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in trained_model.layers)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization)
+                   for layer in folded.layers)
+    inputs = model_inputs(test_images[:256], np.arange(256) % NUM_DIGITS)
+    expected, got = trained_model(inputs, training=False), folded(inputs, training=False)
+    for head in ("digit", "sum"):
+        np.testing.assert_allclose(np.asarray(got[head]), np.asarray(expected[head]),
+                                   atol=1e-5)
+
+    # A convolution whose output also goes elsewhere keeps its BatchNormalization.
+    image = keras.Input((6, 6, 1))
+    conv = keras.layers.Conv2D(2, 3, padding="same")(image)
+    branched = keras.Model(image, [keras.layers.BatchNormalization()(conv), conv])
+    assert any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in fold_batchnorm(branched).layers)
