@@ -12,6 +12,7 @@ One process at a time: a second one on the same directory is refused (an OS file
 released when its holder dies). The project never deletes a file it did not write.
 """
 
+import contextlib
 import csv
 import fcntl
 import json
@@ -27,6 +28,10 @@ BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata
                 "training_metadata.json.bkp")
 LOCK_FILE = ".lock"
 WORKER_PREFIX = "workertemp_"  # the TF multi-worker guide's name for a worker's folder
+# The locks this process holds, by resolved run directory. A lock is the process's for
+# its whole life, so that a second train() here on the same folder (a notebook cell run
+# again after an error whose traceback still holds the first) is not refused by itself.
+_HELD_LOCKS = {}
 
 
 class RunDirectory:
@@ -39,7 +44,7 @@ class RunDirectory:
         self.export_record = self.path / "export.json"
         self.metrics = self.path / "metrics.json"
         self.diverged = self.path / "diverged.json"
-        self._lock = None
+        self._new_folders = []  # what taking the lock created, see undone_on_error
 
     # --- Before anything is written -------------------------------------------------
 
@@ -76,7 +81,10 @@ class RunDirectory:
 
     def lock(self):
         """Hold the run's lock for the life of this process, or refuse at once."""
+        self._new_folders = [p for p in (self.path, *self.path.parents) if not p.exists()]
         make_dir(self.path, "run directory")
+        if self.path.resolve() in _HELD_LOCKS:
+            return
         handle = open(self.path / LOCK_FILE, "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -90,7 +98,23 @@ class RunDirectory:
         handle.truncate()
         handle.write(f"process {os.getpid()}\n")
         handle.flush()
-        self._lock = handle
+        _HELD_LOCKS[self.path.resolve()] = handle
+
+    @contextlib.contextmanager
+    def undone_on_error(self):
+        """Before the run writes anything, an error (a bad file or flag found after the
+        lock was taken) gives the lock back and removes the folders that taking it
+        created: a refused command leaves nothing behind."""
+        try:
+            yield
+        except BaseException:
+            lock = _HELD_LOCKS.pop(self.path.resolve())
+            (self.path / LOCK_FILE).unlink(missing_ok=True)
+            lock.close()
+            for folder in self._new_folders:  # the run directory first, then its parents
+                with contextlib.suppress(OSError):  # not empty: someone wrote there since
+                    folder.rmdir()
+            raise
 
     # --- What the run has done ------------------------------------------------------
 
@@ -149,7 +173,9 @@ class RunDirectory:
 
     def remove_worker_folder(self):
         """A worker's folder holds only what this run wrote into it."""
+        lock = _HELD_LOCKS.pop(self.path.resolve())
         shutil.rmtree(self.path)
+        lock.close()
 
     def finish(self, metrics):
         """Write metrics.json, then drop the backup: only the files Keras wrote there."""

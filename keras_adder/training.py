@@ -34,11 +34,11 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     if finished:
         print(f"{run_dir} is a finished run; not training again.")
         return read_json(run.metrics) if distribution.is_chief(strategy) else None
-    export_dir = _export_dir(run, strategy, export_dir, export_version)
-
-    # 1. Data: 5,000 training images held out for validation; every image zipped
-    #    with a random number by the tf.data pipelines.
-    (train_images, train_labels), (test_images, test_labels) = data.load_mnist(data_dir)
+    with run.undone_on_error():  # a taken version or bad data leaves no run folder
+        export_dir = _export_dir(run, strategy, export_dir, export_version)
+        # 1. Data: 5,000 training images held out for validation; every image zipped
+        #    with a random number by the tf.data pipelines.
+        (train_images, train_labels), (test_images, test_labels) = data.load_mnist(data_dir)
     (fit_images, fit_labels), (val_images, val_labels) = data.split_validation(
         train_images, train_labels)
     fit_images, fit_labels = fit_images[:recipe.train_examples], fit_labels[:recipe.train_examples]
