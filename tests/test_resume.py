@@ -6,68 +6,26 @@ finish with metrics and one export, match an uninterrupted run with the same see
 a third start of the finished run must not train at all.
 """
 
-import csv
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
+from helpers import (
+    EPOCHS, assert_same_run, history, run_to_end, start_until_first_backup, train_command,
+)
+
 pytestmark = pytest.mark.slow
 
-EPOCHS = 3
-# Enough images that an epoch lasts seconds, so the kill lands inside the second epoch.
-TRAIN_EXAMPLES = 2048
-TIMEOUT_S = 600
 
-
-def train_command(root):
-    return [
-        sys.executable, "-m", "keras_adder.train", "--deterministic", "--epochs", str(EPOCHS),
-        "--train-examples", str(TRAIN_EXAMPLES),
-        "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
-    ]
-
-
-def run_to_end(command):
-    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT_S)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout
-
-
-def backed_up_epochs(run_dir):
-    """Epochs in BackupAndRestore's metadata; 0 while it is absent or being written."""
-    try:
-        return json.loads((run_dir / "backup" / "training_metadata.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
-def history(run_dir):
-    with (run_dir / "history.csv").open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def kill_after_first_backup(command, run_dir):
+def kill_after_first_backup(command, run_dir, log):
     """Start training, SIGKILL it as soon as epoch 1 is backed up; the epochs it logged."""
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        deadline = time.monotonic() + TIMEOUT_S
-        while backed_up_epochs(run_dir) < 1:
-            assert process.poll() is None, process.stderr.read().decode()[-3000:]
-            assert time.monotonic() < deadline, "no epoch finished in time"
-            time.sleep(0.05)
+    with log.open("wb") as stderr:
+        process = start_until_first_backup(command, run_dir, stderr)
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=60)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-        process.stderr.close()
-    assert process.returncode == -signal.SIGKILL
+    assert process.returncode == -signal.SIGKILL, log.read_text()[-3000:]
     return len(history(run_dir))
 
 
@@ -75,16 +33,9 @@ def kill_after_first_backup(command, run_dir):
 def resumed(tmp_path_factory, data_dir):
     """(root, epochs logged when killed, stdout of the resumed run)."""
     root = tmp_path_factory.mktemp("resumed")
-    logged = kill_after_first_backup(train_command(root), root / "run")
+    logged = kill_after_first_backup(train_command(root), root / "run", root / "killed.log")
     assert not (root / "run" / "metrics.json").exists()
     return root, logged, run_to_end(train_command(root))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("uninterrupted")
-    run_to_end(train_command(root))
-    return root
 
 
 def test_killed_run_resumes_and_trains_each_epoch_once(resumed):
@@ -100,27 +51,19 @@ def test_killed_run_resumes_and_trains_each_epoch_once(resumed):
     assert not (root / "run" / "backup").exists()  # deleted once the run is finished
 
 
-def test_resumed_run_matches_an_uninterrupted_one(resumed, uninterrupted):
-    import keras
-    import numpy as np
-
-    root = resumed[0]
-    assert history(root / "run") == history(uninterrupted / "run")
-    metrics = json.loads((root / "run" / "metrics.json").read_text())
-    reference = json.loads((uninterrupted / "run" / "metrics.json").read_text())
-    assert metrics["test"] == reference["test"]
+def test_resumed_run_matches_an_uninterrupted_one(resumed, uninterrupted_run):
     # The best checkpoint carried over the crash: the same weights were kept.
-    best = keras.saving.load_model(root / "run" / "best.keras")
-    expected = keras.saving.load_model(uninterrupted / "run" / "best.keras")
-    for got, want in zip(best.get_weights(), expected.get_weights(), strict=True):
-        np.testing.assert_array_equal(got, want)
+    assert_same_run(resumed[0], uninterrupted_run)
 
 
 def test_finished_run_is_not_trained_again(resumed):
     root = resumed[0]
-    before = {p: p.read_bytes() for p in (root / "run").iterdir() if p.is_file()}
+    # The lock file is rewritten by every process that takes the lock.
+    before = {p: p.read_bytes() for p in (root / "run").iterdir()
+              if p.is_file() and p.name != ".lock"}
     stdout = run_to_end(train_command(root))
     assert "is a finished run" in stdout and "not training again" in stdout
     assert "Epoch 1/" not in stdout
-    assert {p: p.read_bytes() for p in (root / "run").iterdir() if p.is_file()} == before
+    assert {p: p.read_bytes() for p in (root / "run").iterdir()
+            if p.is_file() and p.name != ".lock"} == before
     assert sorted(p.name for p in (root / "export").iterdir()) == ["1"]
