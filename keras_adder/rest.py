@@ -77,6 +77,9 @@ def write_request_examples(out_dir, images, numbers):
     texts = {out_dir / name: _dump_request(body)
              for name, body in zip(("instances.json", "inputs.json"),
                                    request_bodies(images, numbers))}
+    for path in texts:
+        if path.is_dir():  # a rename over it would fail after the other file is replaced
+            raise KerasAdderError(f"cannot write the examples: {path} is a directory")
     staged = {path: temporary_sibling(path) for path in texts}
     # Both files or neither: every body is written in full before either is replaced.
     try:

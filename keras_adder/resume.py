@@ -27,6 +27,10 @@ from keras_adder.files import make_dir, read_json, write_json
 BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
                 "training_metadata.json.bkp")
 WORKER_PREFIX = "workertemp_"  # the TF multi-worker guide's name for a worker's folder
+# The locks this process holds, by resolved run directory. A lock is the process's for
+# its whole life, so that a second train() here on the same folder (a notebook cell run
+# again after an error whose traceback still holds the first) is not refused by itself.
+_HELD_LOCKS = {}
 
 
 class RunDirectory:
@@ -39,7 +43,6 @@ class RunDirectory:
         self.export_record = self.path / "export.json"
         self.metrics = self.path / "metrics.json"
         self.diverged = self.path / "diverged.json"
-        self._lock = None
 
     # --- Before anything is written -------------------------------------------------
 
@@ -80,6 +83,11 @@ class RunDirectory:
         its holder dies, however it dies.
         """
         make_dir(self.path, "run directory")
+        held = _HELD_LOCKS.get(self.path.resolve())
+        if held is not None:
+            if os.path.samestat(os.fstat(held), os.stat(self.path)):
+                return
+            os.close(held)  # the folder it locked was deleted since; this is a new one
         descriptor = os.open(self.path, os.O_RDONLY)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,7 +95,7 @@ class RunDirectory:
             os.close(descriptor)
             raise KerasAdderError(f"run directory {self.path} is in use by another process; "
                                   "wait for it to end or choose another --run-dir") from None
-        self._lock = descriptor
+        _HELD_LOCKS[self.path.resolve()] = descriptor
 
     # --- What the run has done ------------------------------------------------------
 
@@ -148,6 +156,7 @@ class RunDirectory:
     def remove_worker_folder(self):
         """A worker's folder holds only what this run wrote into it."""
         shutil.rmtree(self.path)
+        os.close(_HELD_LOCKS.pop(self.path.resolve()))
 
     def finish(self, metrics):
         """Write metrics.json, then drop the backup: only the files Keras wrote there."""

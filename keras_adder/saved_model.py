@@ -48,14 +48,15 @@ WARMUP_EXAMPLES = 5  # real test images that TF Serving replays when it loads a 
 def existing_versions(base_dir):
     """{version number: folder} of the versions TF Serving would see under `base_dir`.
 
-    "007" is version 7, as for TF Serving.
+    "007" is version 7, as for TF Serving. A file with a version's name counts too: no
+    export can take that name.
     """
     base_dir = Path(base_dir)
     if not base_dir.is_dir():
         return {}
     versions = {}
     for path in base_dir.iterdir():
-        if path.is_dir() and _VERSION_NAME.fullmatch(path.name) and int(path.name) <= _MAX_VERSION:
+        if _VERSION_NAME.fullmatch(path.name) and int(path.name) <= _MAX_VERSION:
             versions[int(path.name)] = path
     return dict(sorted(versions.items()))
 

@@ -37,7 +37,7 @@ def pending():
 @contextlib.contextmanager
 def deferred():
     """Note SIGTERM instead of raising it inside this block; raise it at the end."""
-    _state["deferred"] = True
+    _state.update(deferred=True, pending=False)  # a SIGTERM of an earlier block was handled
     try:
         yield
     finally:

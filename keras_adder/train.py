@@ -14,7 +14,7 @@ import argparse
 from datetime import datetime
 from pathlib import Path
 
-from keras_adder import startup
+from keras_adder import signals, startup
 from keras_adder.cli import integer, number, positive_int, run
 from keras_adder.constants import (
     ARCHITECTURES, DEFAULT_EXPORT_DIR, PROMOTION_POLICIES, RUNS_DIR, STRATEGIES,
@@ -89,11 +89,18 @@ def main(argv=None):
     if args.dry_run:
         model.build_model(recipe.arch).summary()
         return None
-    metrics = training.train(
-        recipe, recipe_name=args.recipe, data_dir=args.data_dir, run_dir=run_dir,
-        export_dir=args.export_dir, export_version=args.export_version, promote=args.promote,
-        strategy=args.strategy, cpu_replicas=args.cpu_replicas,
-        tensorboard=args.tensorboard)
+    try:
+        metrics = training.train(
+            recipe, recipe_name=args.recipe, data_dir=args.data_dir, run_dir=run_dir,
+            export_dir=args.export_dir, export_version=args.export_version,
+            promote=args.promote,
+            strategy=args.strategy, cpu_replicas=args.cpu_replicas,
+            tensorboard=args.tensorboard)
+    except signals.Terminated:
+        # The run keeps its last whole epoch; a default run directory is named by the
+        # time it started, so the same command alone would start a new run.
+        raise signals.Terminated(f"to resume, rerun the same command with --run-dir "
+                                 f"{run_dir}") from None
     if metrics:
         print(training.summary_line(metrics))
     return metrics

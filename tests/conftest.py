@@ -148,3 +148,14 @@ def trained_model(trained_run):
     import keras
 
     return keras.saving.load_model(trained_run["keras_path"])
+
+
+@pytest.fixture(scope="session")
+def uninterrupted_run(tmp_path_factory, data_dir):
+    """The root of a run of training_runs.train_command that nothing stopped: what a stopped
+    and resumed run must equal."""
+    from training_runs import run_to_end, train_command
+
+    root = tmp_path_factory.mktemp("uninterrupted")
+    run_to_end(train_command(root))
+    return root

@@ -8,9 +8,10 @@ import pytest
 
 from keras_adder.errors import KerasAdderError
 from keras_adder.data import (
-    MNIST_FILES, eval_dataset, load_mnist, load_mnist_dir, read_idx,
-    resolve_data_dir, split_validation, steps_per_epoch, train_dataset,
+    eval_dataset, load_mnist, resolve_data_dir, split_validation, steps_per_epoch,
+    train_dataset,
 )
+from keras_adder.idx import MNIST_FILES, load_mnist_dir, read_idx
 
 
 def idx_bytes(array, type_byte=0x08):

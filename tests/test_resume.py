@@ -13,26 +13,15 @@ must drop that row and keep best.keras, since its new epoch is worse.
 
 import csv
 import json
-import sys
 
 import pytest
 from conftest import recount_test_accuracy
-from training_runs import backed_up_epochs, history, kill_after_backup, run_to_end
+from training_runs import (
+    EPOCHS, assert_same_run, backed_up_epochs, history, kill_after_backup, run_to_end,
+    train_command,
+)
 
 pytestmark = pytest.mark.slow
-
-EPOCHS = 3
-# Enough images that an epoch lasts seconds, so the kill lands inside the second epoch.
-TRAIN_EXAMPLES = 2048
-
-
-def train_command(root):
-    return [
-        sys.executable, "-m", "keras_adder.train", "--deterministic", "--epochs", str(EPOCHS),
-        "--train-examples", str(TRAIN_EXAMPLES),
-        "--run-dir", str(root / "run"), "--export-dir", str(root / "export"),
-    ]
-
 
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory, data_dir):
@@ -41,13 +30,6 @@ def resumed(tmp_path_factory, data_dir):
     logged = kill_after_backup(train_command(root), root / "run")
     assert not (root / "run" / "metrics.json").exists()
     return root, logged, run_to_end(train_command(root))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):
-    root = tmp_path_factory.mktemp("uninterrupted")
-    run_to_end(train_command(root))
-    return root
 
 
 def test_killed_run_resumes_and_trains_each_epoch_once(resumed, mnist):
@@ -68,20 +50,9 @@ def test_killed_run_resumes_and_trains_each_epoch_once(resumed, mnist):
     assert not (root / "run" / "backup").exists()  # deleted once the run is finished
 
 
-def test_resumed_run_matches_an_uninterrupted_one(resumed, uninterrupted):
-    import keras
-    import numpy as np
-
-    root = resumed[0]
-    assert history(root / "run") == history(uninterrupted / "run")
-    metrics = json.loads((root / "run" / "metrics.json").read_text())
-    reference = json.loads((uninterrupted / "run" / "metrics.json").read_text())
-    assert metrics["test"] == reference["test"]
+def test_resumed_run_matches_an_uninterrupted_one(resumed, uninterrupted_run):
     # The best checkpoint carried over the crash: the same weights were kept.
-    best = keras.saving.load_model(root / "run" / "best.keras")
-    expected = keras.saving.load_model(uninterrupted / "run" / "best.keras")
-    for got, want in zip(best.get_weights(), expected.get_weights(), strict=True):
-        np.testing.assert_array_equal(got, want)
+    assert_same_run(resumed[0], uninterrupted_run)
 
 
 def test_finished_run_is_not_trained_again(resumed):
