@@ -270,33 +270,34 @@ def numbers_for(count):
     return np.array([(i * 7 + 3) % 10 for i in range(count)], np.int32)
 
 
-def accuracy(loaded, images, labels):
-    """(digit accuracy, sum accuracy, unsure fraction) of a loaded SavedModel."""
+def predict_set(rows, model):
+    """Run the predict command on one set's pictures: (digit accuracy, sum accuracy,
+    unsure fraction, refused fraction). Pictures that predict refuses (blank, several
+    digits) count as wrong; the others go through it in one call."""
     from keras_adder import images as prep
-    from keras_adder.saved_model import run_signature
+    from keras_adder import predict
 
-    labels = np.asarray(labels)
-    numbers = numbers_for(len(labels))
-    out = run_signature(loaded, np.asarray(images, np.uint8), numbers)
-    unsure = np.mean([prep.is_unsure(p) for p in out["digit_probabilities"].max(axis=1)])
-    return (float(np.mean(out["digit"] == labels)),
-            float(np.mean(out["sum"] == labels + numbers)), float(unsure))
+    accepted = [(path, label) for path, label in rows
+                if prep.digit_problem(prep.prepare_digit(prep.load_image(path))) is None]
+    labels = np.array([label for _, label in accepted])
+    numbers = numbers_for(len(accepted))
+    answers = predict.main([*(str(path) for path, _ in accepted),
+                            "--number", *map(str, numbers), "--model", str(model)])
+    digits = np.array([answer["digit"] for answer in answers])
+    sums = np.array([answer["sum"] for answer in answers])
+    return (float(np.sum(digits == labels)) / len(rows),
+            float(np.sum(sums == labels + numbers)) / len(rows),
+            float(np.mean([answer["unsure"] for answer in answers])),
+            1 - len(accepted) / len(rows))
 
 
 def measure(sets, model):
-    """Print, per set, the accuracies with predict's preparation (keras_adder.images)."""
-    from keras_adder import images as prep
-    from keras_adder.saved_model import load_saved_model
-
-    path, loaded = load_saved_model(model)
-    print(f"model: {path}")
+    """Print, per set, the accuracies the predict command gives."""
+    results = {name: predict_set(rows, model) for name, rows in sets.items()}
+    print(f"model: {model}")
     print(f"{'set':36s} {'n':>5s}  {'digit':>9s} {'sum':>8s} {'unsure':>7s} {'refused':>7s}")
-    for name, rows in sets.items():
-        labels = [label for _, label in rows]
-        prepared = [prep.prepare_digit(prep.load_image(p)) for p, _ in rows]
-        refused = np.mean([prep.digit_problem(p) is not None for p in prepared])
-        new = accuracy(loaded, [p.image for p in prepared], labels)
-        print(f"{name:36s} {len(rows):5d}  {new[0]:9.2%} {new[1]:8.2%} {new[2]:7.2%} "
+    for name, (digit, total, unsure, refused) in results.items():
+        print(f"{name:36s} {len(sets[name]):5d}  {digit:9.2%} {total:8.2%} {unsure:7.2%} "
               f"{refused:7.2%}")
 
 

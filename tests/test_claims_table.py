@@ -1,17 +1,24 @@
-"""docs/design.md's "Claims and their tests" table names tests that exist, so that a
-renamed or deleted test cannot leave a claim pointing at nothing."""
+"""docs/design.md's "Claims and their tests" table and docs/reliability.md's table of
+hostile situations name tests that exist, so that a renamed or deleted test cannot leave
+a claim pointing at nothing."""
 
 import ast
 import re
 
-from doc_table import REPO, read_table
+import pytest
+
+from doc_table import RELIABILITY, REPO, read_table
 
 DESIGN = REPO / "docs" / "design.md"
 
 
-def test_every_test_the_claims_table_names_exists():
-    rows = read_table(DESIGN, ("claim", "test"))
-    assert len(rows) > 20
+@pytest.mark.parametrize("page, columns, least", [
+    (DESIGN, ("claim", "test"), 20),
+    (RELIABILITY, ("situation", "what happens now", "test"), 20),
+])
+def test_every_test_a_claims_table_names_exists(page, columns, least):
+    rows = read_table(page, columns)
+    assert len(rows) > least
     missing = []
     for row in rows:
         for file, test in re.findall(r"(\w+\.py)(?:::(\w+))?", row["test"]):

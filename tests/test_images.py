@@ -354,19 +354,16 @@ FLOORS = {"pyclustering": 0.95, "photos (pyclustering)": 0.9, "sklearn-8x8": 0.8
           "photos (sklearn-8x8)": 0.8, "pen-strokes": 0.95}
 
 
-def test_accuracy_floor_on_handwriting(trained_run, tmp_path):
-    from keras_adder.saved_model import load_saved_model
-
+def test_accuracy_floor_on_handwriting_through_predict(trained_run, tmp_path, capsys):
     sets = handwriting.build(tmp_path, limit=20, photo_limit=10)
-    _, loaded = load_saved_model(trained_run["export_path"])
     groups = {}
     for name, rows in sets.items():
-        prepared = [images.load_digit(path).image for path, _ in rows]
         groups.setdefault(group_of(name), []).append(
-            handwriting.accuracy(loaded, prepared, [label for _, label in rows]))
+            handwriting.predict_set(rows, trained_run["export_path"]))
+    capsys.readouterr()  # predict's tables
     measured = {group: tuple(np.mean(values, axis=0)) for group, values in groups.items()}
-    print({group: f"{digit:.3f}/{total:.3f}" for group, (digit, total, _) in measured.items()})
+    print({group: f"{digit:.3f}/{total:.3f}" for group, (digit, total, *_) in measured.items()})
     assert set(measured) == set(FLOORS)
-    for group, (digit, total, _) in measured.items():
+    for group, (digit, total, *_) in measured.items():
         assert digit >= FLOORS[group], (group, measured)
         assert total >= digit - 0.05, (group, measured)
