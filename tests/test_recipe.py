@@ -7,6 +7,7 @@ import pytest
 
 from keras_adder.errors import KerasAdderError
 from keras_adder.recipe import MAX_SEED, RECIPES, Recipe, make_recipe, settings
+from keras_adder.resume import RunDirectory
 from keras_adder.train import build_parser
 
 
@@ -67,3 +68,14 @@ def test_bad_values_are_refused_with_a_message(overrides, message):
 def test_unknown_recipe_is_refused():
     with pytest.raises(KerasAdderError, match="unknown recipe 'huge'"):
         make_recipe("huge")
+
+
+def test_a_run_refuses_to_resume_with_another_recipe(tmp_path):
+    run = RunDirectory(tmp_path / "run")
+    run.start({"recipe": "default", **make_recipe("default").as_dict()})
+    with pytest.raises(KerasAdderError) as error:
+        run.check({"recipe": "fast", **make_recipe("fast").as_dict()})
+    assert str(error.value) == (
+        f"{tmp_path / 'run'} is a run started with other settings (recipe 'default' -> "
+        "'fast'; epochs 36 -> 4; learning_rate 0.003 -> 0.006); resume it with the same "
+        "ones or use a new --run-dir")

@@ -260,9 +260,12 @@ def test_sigterm_during_an_export_leaves_no_staging_and_dead_ones_are_cleaned(
         assert writer.stdout.readline() == "locked\n"
         monkeypatch.setattr(saved_model, "check_export", sigterm_myself)
         with pytest.raises(SystemExit) as exit_info:
-            run(export.main, [trained_run["keras_path"], "--export-dir", str(base),
+            # The candidate is exported first, into --candidate-dir: SIGTERM lands there.
+            run(export.main, [trained_run["keras_path"], "--candidate-dir", str(base),
+                              "--export-dir", str(tmp_path / "served"),
                               "--data-dir", str(data_dir)])
         assert sorted(p.name for p in base.iterdir()) == [live.name]
+        assert not (tmp_path / "served").exists()
     finally:
         writer.kill()
         writer.wait()
