@@ -32,6 +32,7 @@ import tensorflow as tf
 from keras_adder.constants import IMAGE_SIZE, MAX_SERVING_BATCH, NUM_DIGITS, NUM_SUMS, SIGNATURE
 from keras_adder.data import model_inputs
 from keras_adder.errors import KerasAdderError
+from keras_adder.model import fold_batchnorm
 from keras_adder.warmup import write_warmup_requests
 
 # TF Serving reads a version folder's name as a decimal int64; ASCII digits only
@@ -183,9 +184,12 @@ def export_saved_model(model, export_dir, version=None, *, check_images):
                               f"({error.strerror})") from None
     staging, lock = claim_staging(export_dir, version)
     try:
+        # Served with each BatchNorm folded into its convolution: faster on CPU, and
+        # check_export below compares its answers with the unfolded `model`'s.
+        served = fold_batchnorm(model)
         archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint(SIGNATURE, make_serving_function(model))
+        archive.track(served)
+        archive.add_endpoint(SIGNATURE, make_serving_function(served))
         archive.write_out(str(staging), verbose=False)
         check_images = np.asarray(check_images, np.uint8)
         check_numbers = np.arange(len(check_images), dtype=np.int32) % NUM_DIGITS

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from keras_adder.errors import KerasAdderError
-from keras_adder.constants import ARCHITECTURES
-from keras_adder.model import build_model
+from keras_adder.constants import ARCHITECTURES, NUM_DIGITS
+from keras_adder.model import build_model, fold_batchnorm
 from keras_adder.train import main as train_main
 
 
@@ -58,3 +58,36 @@ def test_dry_run_prints_summary(capsys, arch):
     out = capsys.readouterr().out
     assert f"Total params: {build_model(arch).count_params():,}" in out
     assert "image" in out and "sum" in out
+
+
+def test_batchnorm_folding(trained_model, mnist):
+    import keras
+
+    from keras_adder.data import model_inputs
+
+    _, (test_images, _) = mnist
+    folded = fold_batchnorm(trained_model)
+    assert any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in trained_model.layers)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization)
+                   for layer in folded.layers)
+    inputs = model_inputs(test_images[:256], np.arange(256) % NUM_DIGITS)
+    expected, got = trained_model(inputs, training=False), folded(inputs, training=False)
+    for head in ("digit", "sum"):
+        np.testing.assert_allclose(np.asarray(got[head]), np.asarray(expected[head]),
+                                   atol=1e-5)
+
+    # A convolution whose output also goes elsewhere keeps its BatchNormalization.
+    image = keras.Input((6, 6, 1))
+    conv = keras.layers.Conv2D(2, 3, padding="same")(image)
+    branched = keras.Model(image, [keras.layers.BatchNormalization()(conv), conv])
+    assert any(isinstance(layer, keras.layers.BatchNormalization)
+               for layer in fold_batchnorm(branched).layers)
+
+
+def test_the_saved_model_serves_the_folded_model(trained_run):
+    import tensorflow as tf
+
+    names = [variable.name for variable in tf.saved_model.load(trained_run["export_path"]).variables]
+    assert any(name.startswith("conv3/kernel") for name in names), names
+    assert not [name for name in names if "moving_mean" in name or "gamma" in name]

@@ -199,29 +199,3 @@ def test_speed_table(trained_model, trained_run, files, mnist):
         assert figures["fraction_of_cap"] == pytest.approx(figures["batch_images_per_s"] / cap)
     assert table["runtimes"]["SavedModel fp32"]["times_first"] == 1
     assert len(format_speed_table(table)) == 3 + len(paths)
-
-
-def test_batchnorm_folding(trained_model, mnist):
-    import keras
-
-    from keras_adder.data import model_inputs
-    from keras_adder.runtimes import fold_batchnorm
-
-    _, (test_images, _) = mnist
-    folded = fold_batchnorm(trained_model)
-    assert any(isinstance(layer, keras.layers.BatchNormalization)
-               for layer in trained_model.layers)
-    assert not any(isinstance(layer, keras.layers.BatchNormalization)
-                   for layer in folded.layers)
-    inputs = model_inputs(test_images[:256], np.arange(256) % NUM_DIGITS)
-    expected, got = trained_model(inputs, training=False), folded(inputs, training=False)
-    for head in ("digit", "sum"):
-        np.testing.assert_allclose(np.asarray(got[head]), np.asarray(expected[head]),
-                                   atol=1e-5)
-
-    # A convolution whose output also goes elsewhere keeps its BatchNormalization.
-    image = keras.Input((6, 6, 1))
-    conv = keras.layers.Conv2D(2, 3, padding="same")(image)
-    branched = keras.Model(image, [keras.layers.BatchNormalization()(conv), conv])
-    assert any(isinstance(layer, keras.layers.BatchNormalization)
-               for layer in fold_batchnorm(branched).layers)
