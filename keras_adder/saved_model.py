@@ -82,10 +82,12 @@ def free_version(export_dir, version=None):
 def make_serving_function(model):
     """The raw-input signature: validate, preprocess, run the model, name the outputs."""
 
+    # No Python control flow to convert (tf.cond is explicit); AutoGraph would only
+    # warn, at every export, that it cannot read the nested functions' closures.
     @tf.function(input_signature=[
         tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE], tf.uint8, name="image"),
         tf.TensorSpec([None], tf.int32, name="number"),
-    ])
+    ], autograph=False)
     def serve(image, number):
         # A server feeds tensors of any shape into a signature: enforce them in-graph.
         image = tf.ensure_shape(image, [None, IMAGE_SIZE, IMAGE_SIZE])
