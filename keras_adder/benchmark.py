@@ -104,12 +104,13 @@ def training_throughput(arch, images, labels, *, batch_size, warmup, window, win
     return _median_rate(clock.windows, window * batch_size)
 
 
-def training_cost(images, labels, *, batch_size, timing, reference_timing):
+def training_cost(images, labels, *, batch_size, timing, reference_timing, peak_calls=16):
     """Training samples/s and achieved GFLOP/s of compact, compact + XLA and reference,
-    against the fp32 matmul peak measured before the first timed window and after each
-    one (the median of those), so that the peak sees the same load as the training."""
-    peaks = [matmul_gflops()]
-    measure_peak = lambda: peaks.append(matmul_gflops())  # noqa: E731
+    against the fp32 matmul peak (`peak_calls` products per measurement) measured before
+    the first timed window and after each one (the median of those), so that the peak
+    sees the same load as the training."""
+    peaks = [matmul_gflops(calls=peak_calls)]
+    measure_peak = lambda: peaks.append(matmul_gflops(calls=peak_calls))  # noqa: E731
     variants = {"compact": ("compact", False, timing), "compact_xla": ("compact", True, timing),
                 "reference": ("reference", False, reference_timing)}
     figures = {}
@@ -209,13 +210,16 @@ def _machine():
 
 
 def _settings(quick):
-    """Timing windows, epochs (None: the recipe's own) and serving rounds."""
+    """Timing windows, matmul products per peak measurement, epochs (None: the
+    recipe's own) and serving rounds."""
     if quick:  # exercise every code path, measure nothing worth quoting
         return dict(timing=dict(warmup=2, window=2, windows=3),
-                    reference_timing=dict(warmup=1, window=1, windows=3), epochs=1,
+                    reference_timing=dict(warmup=1, window=1, windows=3), peak_calls=2,
+                    epochs=1,
                     serving=dict(rounds=1, latency_calls=20, big_calls=1, warmup=2))
     return dict(timing=dict(warmup=20, window=50, windows=5),
-                reference_timing=dict(warmup=3, window=5, windows=3), epochs=None,
+                reference_timing=dict(warmup=3, window=5, windows=3), peak_calls=16,
+                epochs=None,
                 serving=dict(rounds=9))
 
 
@@ -231,7 +235,8 @@ def run_benchmark(data_dir=None, quick=False, output="bench.json"):
     print("1. training throughput (model.fit steps) and the fp32 matmul peak", flush=True)
     training = training_cost(fit_images, fit_labels, batch_size=batch,
                              timing=settings["timing"],
-                             reference_timing=settings["reference_timing"])
+                             reference_timing=settings["reference_timing"],
+                             peak_calls=settings["peak_calls"])
     results["training"] = training
 
     print("2. input pipeline alone", flush=True)

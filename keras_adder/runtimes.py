@@ -563,7 +563,7 @@ def format_speed_table(table):
     lines = [f"model: {table['flops_per_image'] / 1e6:.2f} MFLOP/image; fp32 matmul peak "
              f"{table['matmul_gflops']:.0f} GFLOP/s; fp32 cap (peak / FLOPs per image) "
              f"{table['fp32_cap_images_per_s']:,.0f} images/s",
-             f"| runtime | batch-1 p50 | batch-1 p99 | batch-1 of fp32 cap "
+             "| runtime | batch-1 p50 | batch-1 p99 | batch-1 of fp32 cap "
              f"| batch-{table['big_batch']} images/s | GFLOP/s | of fp32 cap "
              "| x first |", "|---|---|---|---|---|---|---|---|"]
     for name, figures in table["runtimes"].items():
