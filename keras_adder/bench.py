@@ -34,7 +34,7 @@ def _training_rows(training):
 def _recipe_rows(name, t, goal):
     reached = (f"{t['train_seconds_to_target']:.0f} s, epoch {t['epochs_to_target']} "
                f"of {t['epochs_run']}" if t["epochs_to_target"] is not None
-               else f"not reached in {t['epochs_run']} epochs")
+               else f"not reached in {t['epochs_run']} epoch(s)")
     return [
         (f"{name}: time to {t['target']:.1%} (both heads)", reached, ""),
         (f"{name}: final test digit / sum",
@@ -62,10 +62,10 @@ def print_table(results):
           + (" (QUICK: smoke test, figures meaningless)" if results["quick"] else ""))
     print(f"{results['training']['flops_convention']}; peak = TensorFlow fp32 matmul, "
           "measured between the timed windows")
-    print(f"| {'measure':<36} | {'result':<50} | {'goal':<8} |")
-    print(f"|{'-' * 38}|{'-' * 52}|{'-' * 10}|")
+    print(f"| {'measure':<42} | {'result':<50} | {'goal':<8} |")
+    print(f"|{'-' * 44}|{'-' * 52}|{'-' * 10}|")
     for name, value, goal in rows:
-        print(f"| {name:<36} | {value:<50} | {goal:<8} |")
+        print(f"| {name:<42} | {value:<50} | {goal:<8} |")
     print("\nserving by runtime (the default recipe's model; LiteRT and ONNX Runtime on "
           "2 threads)")
     print("\n".join(format_speed_table(results["serving"])))

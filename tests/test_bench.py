@@ -94,6 +94,6 @@ def test_quick_benchmark_measures_every_part(tmp_path, data_dir, mnist, capsys, 
     check_serving(results["serving"], results["training"])
     table = capsys.readouterr().out
     for part in ("compact ÷ reference", "of peak", "fp32 matmul peak", "3 x forward",
-                 "fast recipe: time to 99.4 %", "default recipe: time to 99.6 %",
+                 "fast recipe: time to 99.4%", "default recipe: time to 99.6%",
                  "batch-1 of fp32 cap", *SERVED, "QUICK"):
         assert part in table, part
