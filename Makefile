@@ -42,7 +42,7 @@ $(VENV)/.demo: $(VENV)/.runtime requirements-demo.txt
 test: $(VENV)/.dev $(VENV)/.export $(VENV)/.demo $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
-bench: $(VENV)/.runtime  ## training/pipeline/serving benchmark, writes bench.json
+bench: $(VENV)/.export  ## training/recipes/pipeline/serving-by-runtime benchmark, writes bench.json
 	$(PY) -m keras_adder.bench $(ARGS)
 
 serving-compat: $(VENV)/.runtime  ## SavedModel vs TensorFlow 2.12-2.21 (TF Serving's loader)

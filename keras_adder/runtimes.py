@@ -393,20 +393,14 @@ def matmul_gflops(size=1024, calls=16):
     return 2 * size ** 3 * calls / (time.perf_counter() - start) / 1e9
 
 
-def _rate(call, items, calls):
-    start = time.perf_counter()
-    for _ in range(calls):
-        call()
-    return items * calls / (time.perf_counter() - start)
-
-
-def _latencies_ms(call, calls):
-    durations = []
-    for _ in range(calls):
+def durations(call, count):
+    """Wall seconds of `count` calls of `call`, one by one."""
+    seconds = []
+    for _ in range(count):
         start = time.perf_counter()
         call()
-        durations.append(time.perf_counter() - start)
-    return [1000 * d for d in durations]
+        seconds.append(time.perf_counter() - start)
+    return seconds
 
 
 def measure_serving(predictors, images, *, rounds=5, latency_calls=200, big_batch=1024,
@@ -434,8 +428,9 @@ def measure_serving(predictors, images, *, rounds=5, latency_calls=200, big_batc
     for _ in range(rounds):
         peaks.append(matmul_gflops())
         for name, predict in predictors.items():
-            latencies[name] += _latencies_ms(lambda: predict(*one), latency_calls)
-            rates[name].append(_rate(lambda: predict(*big), big_batch, big_calls))
+            latencies[name] += [1000 * s for s in durations(lambda: predict(*one), latency_calls)]
+            rates[name].append(big_batch * big_calls
+                               / sum(durations(lambda: predict(*big), big_calls)))
     results = {
         name: {"batch1_p50_ms": float(np.percentile(latencies[name], 50)),
                "batch1_p99_ms": float(np.percentile(latencies[name], 99)),
@@ -477,8 +472,8 @@ def serving_speed_table(model, paths, images, **timing):
 
     The cap is the images/s the machine's fp32 matmul peak allows at the model's
     FLOPs per image; each runtime's batch throughput is given as a fraction of it,
-    and as a multiple of the first (SavedModel) entry's. `timing` goes to
-    measure_serving.
+    and as a multiple of the first (SavedModel) entry's, and so is its batch-1 rate
+    (1 / p50 latency). `timing` goes to measure_serving.
     """
     predictors = {name: (saved_model_predictor(path) if Path(path).is_dir()
                          else load_runtime_model(path).predict)
@@ -491,7 +486,8 @@ def serving_speed_table(model, paths, images, **timing):
     for figures in measured.values():
         rate = figures["batch_images_per_s"]
         figures.update(gflops=rate * flops / 1e9, fraction_of_cap=rate / cap,
-                       times_first=rate / first)
+                       times_first=rate / first,
+                       batch1_fraction_of_cap=1000 / figures["batch1_p50_ms"] / cap)
     return {"flops_per_image": flops, "matmul_gflops": peak, "fp32_cap_images_per_s": cap,
             "big_batch": big_batch, "runtimes": measured}
 
@@ -499,14 +495,16 @@ def serving_speed_table(model, paths, images, **timing):
 def format_speed_table(table):
     """The serving table as Markdown lines."""
     lines = [f"model: {table['flops_per_image'] / 1e6:.2f} MFLOP/image; fp32 matmul peak "
-             f"{table['matmul_gflops']:.0f} GFLOP/s; fp32 cap "
+             f"{table['matmul_gflops']:.0f} GFLOP/s; fp32 cap (peak / FLOPs per image) "
              f"{table['fp32_cap_images_per_s']:,.0f} images/s",
-             f"| runtime | batch-1 p50 | batch-1 p99 | batch-{table['big_batch']} images/s "
-             "| GFLOP/s | of fp32 cap "
-             "| x first |", "|---|---|---|---|---|---|---|"]
+             "| runtime | batch-1 p50 | batch-1 p99 | batch-1 of fp32 cap "
+             f"| batch-{table['big_batch']} images/s | GFLOP/s | of fp32 cap "
+             "| x first |", "|---|---|---|---|---|---|---|---|"]
     for name, figures in table["runtimes"].items():
         lines.append(f"| {name} | {figures['batch1_p50_ms']:.2f} ms | "
-                     f"{figures['batch1_p99_ms']:.2f} ms | {figures['batch_images_per_s']:,.0f} | "
+                     f"{figures['batch1_p99_ms']:.2f} ms | "
+                     f"{figures['batch1_fraction_of_cap']:.1%} | "
+                     f"{figures['batch_images_per_s']:,.0f} | "
                      f"{figures['gflops']:.0f} | {figures['fraction_of_cap']:.0%} | "
                      f"{figures['times_first']:.2f}x |")
     return lines
