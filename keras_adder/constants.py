@@ -26,3 +26,7 @@ EVALUATION_SPLITS = ("test", "validation")
 EVALUATION_DIR = "runs/evaluation"
 EVALUATION_BATCH = 4096  # pairs per call of a .keras model (a SavedModel takes at most MAX_SERVING_BATCH)
 PROMOTION_POLICIES = ("better", "always")  # see promotion.decide
+
+# Files beside the SavedModel, and the optional packages (requirements-export.txt) each
+# needs: checked before training, so a missing one fails in a second, not after an hour.
+RUNTIME_FORMATS = {"litert": ("ai_edge_litert",), "onnx": ("onnx", "onnxruntime", "tf2onnx")}

@@ -12,11 +12,11 @@ from pathlib import Path
 
 from keras_adder import startup
 from keras_adder.cli import positive_int, run
-from keras_adder.constants import DEFAULT_EXPORT_DIR, PROMOTION_POLICIES
+from keras_adder.constants import DEFAULT_EXPORT_DIR, PROMOTION_POLICIES, RUNTIME_FORMATS
 from keras_adder.errors import KerasAdderError
 from keras_adder.recipe import RECIPES
 
-EXPORT_FORMATS = ("saved_model", "litert", "onnx")
+EXPORT_FORMATS = ("saved_model", *RUNTIME_FORMATS)
 
 
 def build_parser():

@@ -38,11 +38,13 @@ import os
 import secrets
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 
+from keras_adder import startup
 from keras_adder.errors import KerasAdderError
 from keras_adder.constants import NUM_DIGITS, NUM_SUMS
 from keras_adder.data import model_inputs
@@ -110,6 +112,14 @@ def calibration_pairs(images, count=CALIBRATION_IMAGES, batch=CALIBRATION_BATCH)
 
 
 def _litert_bytes(model, quantize, calibration_images):
+    with startup.quiet_native_stderr(), warnings.catch_warnings():
+        # The quantization debugger builds tf.lite.Interpreters, which warn that they
+        # are deprecated: not the user's doing, and nothing the user can act on.
+        warnings.filterwarnings("ignore", message=r"(?s).*tf\.lite\.Interpreter is deprecated")
+        return _convert_to_litert(model, quantize, calibration_images)
+
+
+def _convert_to_litert(model, quantize, calibration_images):
     import keras
 
     # Through a SavedModel, as Keras' own LiteRT export does: converting the
@@ -313,8 +323,10 @@ def _litert_runner(path):
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:  # the runtime ships inside TensorFlow too
         Interpreter = tf.lite.Interpreter
-    interpreter = Interpreter(model_path=str(path), num_threads=LITERT_THREADS)
-    runner = interpreter.get_signature_runner()
+    with startup.quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
+        interpreter = Interpreter(model_path=str(path), num_threads=LITERT_THREADS)
+        runner = interpreter.get_signature_runner()
+        runner(image=np.zeros((1, 28, 28), np.uint8), number=np.zeros(1, np.int32))
 
     def run(images, numbers):
         # The runner resizes the inputs only when the batch size changes.

@@ -11,13 +11,15 @@ command with the same --run-dir after a crash or SIGTERM resumes it.
 """
 
 import argparse
+import importlib.util
 from datetime import datetime
 from pathlib import Path
 
 from keras_adder import signals, startup
 from keras_adder.cli import integer, number, positive_int, run
 from keras_adder.constants import (
-    ARCHITECTURES, DEFAULT_EXPORT_DIR, PROMOTION_POLICIES, RUNS_DIR, STRATEGIES,
+    ARCHITECTURES, DEFAULT_EXPORT_DIR, PROMOTION_POLICIES, RUNS_DIR, RUNTIME_FORMATS,
+    STRATEGIES,
 )
 from keras_adder.errors import KerasAdderError
 from keras_adder.recipe import RECIPES, make_recipe, settings
@@ -67,6 +69,11 @@ def build_parser():
                         "only if neither head is less accurate on the validation split than "
                         "the highest version served now (else it stays a candidate in the "
                         "run directory); always: serve it anyway (default: better)")
+    parser.add_argument("--export-format", choices=sorted(RUNTIME_FORMATS), action="append",
+                        default=[], dest="export_formats",
+                        help="also write the model as a checked LiteRT or ONNX file, "
+                        "<run-dir>/keras_adder.tflite / .onnx (fp32; repeatable; needs "
+                        "requirements-export.txt; int8: python -m keras_adder.export)")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write TensorBoard logs to <run-dir>/tensorboard")
     parser.add_argument("--dry-run", action="store_true",
@@ -81,6 +88,11 @@ def main(argv=None):
     if args.strategy == "multiworker" and not args.run_dir:
         raise KerasAdderError("--strategy multiworker needs --run-dir: every worker must "
                               "name the same run (also to resume it)")
+    missing = [package for kind in args.export_formats for package in RUNTIME_FORMATS[kind]
+               if importlib.util.find_spec(package) is None]
+    if missing:
+        raise KerasAdderError(f"--export-format needs {', '.join(missing)}: "
+                              "pip install -r requirements-export.txt")
     run_dir = Path(args.run_dir or Path(RUNS_DIR) / datetime.now().strftime("%Y%m%d-%H%M%S"))
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help and bad flags never need.
@@ -93,7 +105,7 @@ def main(argv=None):
         metrics = training.train(
             recipe, recipe_name=args.recipe, data_dir=args.data_dir, run_dir=run_dir,
             export_dir=args.export_dir, export_version=args.export_version,
-            promote=args.promote,
+            promote=args.promote, export_formats=args.export_formats,
             strategy=args.strategy, cpu_replicas=args.cpu_replicas,
             tensorboard=args.tensorboard)
     except signals.Terminated:

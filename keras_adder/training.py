@@ -12,7 +12,7 @@ import tensorflow as tf
 # TF 2.21 exports only enable_op_determinism; its off switch lives here.
 from tensorflow.python.framework.config import disable_op_determinism
 
-from keras_adder import data, distribution, evaluation, promotion, signals
+from keras_adder import data, distribution, evaluation, promotion, runtimes, signals
 from keras_adder.callbacks import StopOnNaN, make_callbacks
 from keras_adder.constants import DEFAULT_EXPORT_DIR, TRAIN_SIZE, VALIDATION_SIZE
 from keras_adder.errors import KerasAdderError
@@ -23,8 +23,8 @@ from keras_adder.saved_model import free_version
 
 
 def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=DEFAULT_EXPORT_DIR,
-          export_version=None, promote="better", strategy="auto", cpu_replicas=None,
-          tensorboard=False, verbose="auto"):
+          export_version=None, promote="better", export_formats=(), strategy="auto",
+          cpu_replicas=None, tensorboard=False, verbose="auto"):
     """Train, test and export one `recipe.Recipe`; return the metrics of metrics.json.
 
     The same call with the same `run_dir` resumes a stopped run. Under multi-worker
@@ -71,13 +71,14 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     best = keras.saving.load_model(run.best_model)
     test = evaluation.evaluate_on_test(best, test_images, test_labels, seed=recipe.seed)
     export_path = _export(run, best, export_dir, export_version, promote, recipe.seed,
-                          validation=(val_images, val_labels), check_images=test_images[:64])
+                          validation=(val_images, val_labels), check_images=test_images[:64],
+                          formats=export_formats if distribution.is_chief(strategy) else ())
     if not distribution.is_chief(strategy):
         return _leave_as_worker(run, strategy)
     evaluation.write_run_figures(run.path, best, test_images, test_labels, seed=recipe.seed)
     metrics = {**config, **_run_facts(run, best, strategy, recipe, len(fit_labels)),
                "train_seconds": round(train_seconds, 1), "test": test,
-               "export_path": export_path, "candidate_path": run.exported()["candidate"]}
+               "export_path": export_path}
     run.finish(metrics)
     distribution.wait_for_everyone(strategy)
     return metrics
@@ -89,10 +90,13 @@ def _leave_as_worker(run, strategy):
 
 
 def _run_facts(run, model, strategy, recipe, train_images):
+    exported = run.exported()
     return {"params": model.count_params(), "train_images": train_images,
             "strategy": type(strategy).__name__, "replicas": strategy.num_replicas_in_sync,
             "per_replica_batch": recipe.batch_size // strategy.num_replicas_in_sync,
-            "keras_path": str(run.best_model), "history": str(run.history)}
+            "keras_path": str(run.best_model), "history": str(run.history),
+            "candidate_path": exported["candidate"],
+            "runtime_files": exported.get("runtime_files", [])}
 
 
 def _build(recipe, strategy, steps):
@@ -149,9 +153,11 @@ def _check_converged(run, callbacks):
             f"nothing was exported. Start a new --run-dir, e.g. with a lower learning rate")
 
 
-def _export(run, model, export_dir, export_version, policy, seed, *, validation, check_images):
-    """Export once, then promote: the run records each step before the next, so a
-    rerun after a later crash finishes without exporting again."""
+def _export(run, model, export_dir, export_version, policy, seed, *, validation, check_images,
+            formats):
+    """Export once, then promote, then write the asked LiteRT/ONNX files: the run records
+    each step before the next, so a rerun after a later crash finishes without exporting
+    again."""
     done = run.exported()
     if "decision" not in done:
         served, _, why = promotion.export_and_promote(
@@ -160,6 +166,13 @@ def _export(run, model, export_dir, export_version, policy, seed, *, validation,
             candidate=done.get("candidate"), record=run.record_export)
         print(why)
         done = run.exported()
+    if formats and "runtime_files" not in done:
+        # Into the run directory, beside the candidate: a model that was not promoted
+        # must not replace the files of the one that is served.
+        files = [str(runtimes.export_file(model, kind, run.path / "keras_adder",
+                                          check_images=check_images)) for kind in formats]
+        print(f"also written: {', '.join(files)}")
+        run.record_export(**done, runtime_files=files)
     return done["served"]
 
 
@@ -172,4 +185,5 @@ def summary_line(metrics):
             f"Best model: {metrics['keras_path']}\n"
             f"SavedModel: {metrics['export_path'] or 'not served'} (candidate: "
             f"{metrics['candidate_path']})\n"
+            + "".join(f"Also:       {path}\n" for path in metrics.get("runtime_files", [])) +
             f"Metrics:    {Path(metrics['keras_path']).parent / 'metrics.json'}")

@@ -199,3 +199,38 @@ def test_speed_table(trained_model, trained_run, files, mnist):
         assert figures["fraction_of_cap"] == pytest.approx(figures["batch_images_per_s"] / cap)
     assert table["runtimes"]["SavedModel fp32"]["times_first"] == 1
     assert len(format_speed_table(table)) == 3 + len(paths)
+
+
+def test_training_can_also_write_the_runtime_files(tmp_path, data_dir, capsys):
+    import json
+
+    from keras_adder.runtimes import load_runtime_model
+    from keras_adder.train import main as train_main
+
+    run_dir = tmp_path / "run"
+    train_main(["--epochs", "1", "--train-examples", "512", "--data-dir", str(data_dir),
+                "--run-dir", str(run_dir), "--export-dir", str(tmp_path / "export"),
+                "--export-format", "litert", "--export-format", "onnx"])
+    files = [str(run_dir / "keras_adder.tflite"), str(run_dir / "keras_adder.onnx")]
+    assert json.loads((run_dir / "metrics.json").read_text())["runtime_files"] == files
+    assert json.loads((run_dir / "export.json").read_text())["runtime_files"] == files
+    assert "also written: " + ", ".join(files) in capsys.readouterr().out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export", "run"]  # nothing beside
+    for path in files:
+        model = load_runtime_model(path)
+        answer = model.predict(np.zeros((2, 28, 28), np.uint8), np.array([3, 4], np.int32))
+        assert answer["sum"].shape == (2,)
+
+
+def test_training_refuses_a_runtime_format_whose_packages_are_missing(tmp_path, monkeypatch):
+    import importlib.util
+
+    from keras_adder.train import main as train_main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tf2onnx" else find_spec(name, *a))
+    with pytest.raises(KerasAdderError, match="^--export-format needs tf2onnx: pip install "
+                                              "-r requirements-export.txt$"):
+        train_main(["--export-format", "onnx", "--run-dir", str(tmp_path / "run")])
+    assert list(tmp_path.iterdir()) == []
