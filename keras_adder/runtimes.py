@@ -48,7 +48,7 @@ from keras_adder import startup
 from keras_adder.errors import KerasAdderError
 from keras_adder.constants import NUM_DIGITS, NUM_SUMS
 from keras_adder.data import model_inputs
-from keras_adder.saved_model import load_saved_model, run_signature
+from keras_adder.saved_model import load_saved_model, named_outputs, run_signature
 
 FORMATS = {".tflite": "litert", ".onnx": "onnx"}
 QUANTIZATIONS = (None, "int8")
@@ -88,14 +88,8 @@ def raw_serving_function(model):
     )
     def serve(image, number):
         probabilities = model(model_inputs(image, number), training=False)
-        digit_probabilities = tf.cast(probabilities["digit"], tf.float32)
-        sum_probabilities = tf.cast(probabilities["sum"], tf.float32)
-        return {
-            "digit": tf.argmax(digit_probabilities, axis=-1, output_type=tf.int32),
-            "sum": tf.argmax(sum_probabilities, axis=-1, output_type=tf.int32),
-            "digit_probabilities": digit_probabilities,
-            "sum_probabilities": sum_probabilities,
-        }
+        return named_outputs(tf.cast(probabilities["digit"], tf.float32),
+                             tf.cast(probabilities["sum"], tf.float32))
 
     return serve
 

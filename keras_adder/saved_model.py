@@ -117,14 +117,19 @@ def make_serving_function(model):
             # TF's fused convolution + BatchNorm fails on an empty batch with a shape
             # error, so an empty request skips the model.
             digit_probabilities, sum_probabilities = tf.cond(batch > 0, predict, nothing)
-        return {
-            "digit": tf.argmax(digit_probabilities, axis=-1, output_type=tf.int32),
-            "sum": tf.argmax(sum_probabilities, axis=-1, output_type=tf.int32),
-            "digit_probabilities": digit_probabilities,
-            "sum_probabilities": sum_probabilities,
-        }
+        return named_outputs(digit_probabilities, sum_probabilities)
 
     return serve
+
+
+def named_outputs(digit_probabilities, sum_probabilities):
+    """The four outputs every exported artifact gives, from the two heads' softmax."""
+    return {
+        "digit": tf.argmax(digit_probabilities, axis=-1, output_type=tf.int32),
+        "sum": tf.argmax(sum_probabilities, axis=-1, output_type=tf.int32),
+        "digit_probabilities": digit_probabilities,
+        "sum_probabilities": sum_probabilities,
+    }
 
 
 def check_export(path, model, images, numbers):

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from doc_table import bad_input_messages
+from training_runs import snapshot
 from keras_adder import evaluate, export, predict, train
 from keras_adder.cli import run
 from keras_adder.recipe import Recipe
@@ -219,19 +220,6 @@ TF_CONFIGS = {
         {"cluster": {"worker": ["127.0.0.1:1", "127.0.0.1:2"]},
          "task": {"type": "worker", "index": 2}}),
 }
-
-
-def snapshot(folder):
-    """Everything under `folder`: file bytes, link targets, directories."""
-    state = {}
-    for path in sorted(folder.rglob("*")):
-        if path.is_symlink():
-            state[path] = ("link", str(path.readlink()))
-        elif path.is_dir():
-            state[path] = ("dir", None)
-        else:
-            state[path] = ("file", path.read_bytes())
-    return state
 
 
 @pytest.mark.parametrize("name", CLI_ROWS)
