@@ -36,8 +36,19 @@ def test_named_inputs_and_outputs(arch):
         np.testing.assert_allclose(np.asarray(outputs[head]).sum(axis=1), 1.0, rtol=1e-5)
 
 
+def test_compact_sum_head_starts_uniform():
+    model = build_model("compact")
+    batch = {"image": np.random.default_rng(0).random((2, 28, 28, 1), dtype="float32"),
+             "number": np.eye(10, dtype="float32")[[3, 7]]}
+    np.testing.assert_allclose(np.asarray(model(batch)["sum"]), 1 / 19, rtol=1e-5)
+
+
 def test_compact_sum_head_depends_on_number_and_image():
     model = build_model("compact")
+    # Trained weights stand in for the zeros it starts with.
+    sum_logits = model.get_layer("sum_logits")
+    kernel, bias = sum_logits.get_weights()
+    sum_logits.set_weights([np.random.default_rng(1).normal(size=kernel.shape), bias])
     images = np.random.default_rng(0).random((2, 28, 28, 1), dtype="float32")
     numbers = np.eye(10, dtype="float32")
     base = np.asarray(model({"image": images[:1], "number": numbers[:1]})["sum"])
