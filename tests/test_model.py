@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from keras_adder.errors import KerasAdderError
-from keras_adder.constants import ARCHITECTURES, NUM_DIGITS
-from keras_adder.model import build_model, fold_batchnorm
+from keras_adder.constants import ARCHITECTURES, NUM_DIGITS, NUM_SUMS
+from keras_adder.model import addition_table, build_model, fold_batchnorm
 from keras_adder.train import main as train_main
 
 
@@ -19,8 +19,8 @@ def test_reference_has_exactly_the_original_parameter_count():
 
 def test_compact_has_exactly_the_documented_parameter_count():
     model = build_model("compact")
-    assert (model.count_params(), trainable_params(model)) == (28_343, 28_151)
-    assert round(build_model("reference").count_params() / model.count_params()) == 225
+    assert (model.count_params(), trainable_params(model)) == (28_134, 27_942)
+    assert round(build_model("reference").count_params() / model.count_params()) == 227
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
@@ -43,19 +43,43 @@ def test_compact_sum_head_starts_uniform():
     np.testing.assert_allclose(np.asarray(model(batch)["sum"]), 1 / 19, rtol=1e-5)
 
 
+def exact_adder_logits(model):
+    """Table logits that put each (number, digit) row on digit + number."""
+    rows = np.full((NUM_DIGITS, NUM_DIGITS, NUM_SUMS), -30.0, "float32")
+    for number, digit in np.ndindex(NUM_DIGITS, NUM_DIGITS):
+        rows[number, digit, number + digit] = 30.0
+    return rows.reshape(NUM_DIGITS, -1) / model.get_layer("table_scale").scale
+
+
+def test_compact_sum_is_the_digit_carried_through_the_table():
+    model = build_model("compact")
+    model.get_layer("table_logits").set_weights([exact_adder_logits(model)])
+    table = addition_table(model)
+    assert table.shape == (NUM_DIGITS, NUM_DIGITS, NUM_SUMS)
+    batch = {"image": np.random.default_rng(0).random((10, 28, 28, 1), dtype="float32"),
+             "number": np.eye(10, dtype="float32")}
+    outputs = model(batch)
+    digit, total = np.asarray(outputs["digit"]), np.asarray(outputs["sum"])
+    for number in range(NUM_DIGITS):
+        np.testing.assert_allclose(total[number, number:number + NUM_DIGITS], digit[number],
+                                   rtol=1e-5)
+        np.testing.assert_allclose(
+            total[number], np.einsum("d,ds->s", digit[number], table[number]), rtol=1e-5)
+
+
 def test_compact_sum_head_depends_on_number_and_image():
     model = build_model("compact")
     # Trained weights stand in for the zeros it starts with.
-    sum_logits = model.get_layer("sum_logits")
-    kernel, bias = sum_logits.get_weights()
-    sum_logits.set_weights([np.random.default_rng(1).normal(size=kernel.shape), bias])
+    table_logits = model.get_layer("table_logits")
+    (kernel,) = table_logits.get_weights()
+    table_logits.set_weights([np.random.default_rng(1).normal(size=kernel.shape)])
     images = np.random.default_rng(0).random((2, 28, 28, 1), dtype="float32")
     numbers = np.eye(10, dtype="float32")
     base = np.asarray(model({"image": images[:1], "number": numbers[:1]})["sum"])
     other_number = np.asarray(model({"image": images[:1], "number": numbers[5:6]})["sum"])
     other_image = np.asarray(model({"image": images[1:], "number": numbers[:1]})["sum"])
     assert not np.allclose(base, other_number) and not np.allclose(base, other_image)
-    assert model.get_layer("sum_logits").trainable_weights
+    assert table_logits.trainable_weights
 
 
 def test_unknown_architecture_is_a_clear_error():
