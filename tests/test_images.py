@@ -345,17 +345,21 @@ def group_of(name):
     return f"photos ({name.split('(')[1]}" if name.startswith("photos") else name
 
 
-# The conftest's 2-epoch model (trained_run: 99.14 % on MNIST's test set) read these
-# sets (limit=20, photo_limit=10) on this project's 2-core machine: pyclustering 100 %,
-# its photos 100 %, sklearn-8x8 90 %, its photos 90 %, pen strokes 100 %; sums within
-# 2 points. The floors sit 5-10 points below: they catch a broken preparation, not the
-# noise of retraining. (Predict's old preparation read about 10 % of the photos.)
-FLOORS = {"pyclustering": 0.95, "photos (pyclustering)": 0.9, "sklearn-8x8": 0.8,
-          "photos (sklearn-8x8)": 0.8, "pen-strokes": 0.95}
+# The conftest's 2-epoch model (trained_run, 99.20 % on validation) read these sets through
+# predict (2026-11-30), 60 pictures per set (`python tests/handwriting.py OUT --limit 60
+# --measure ...`): pyclustering 98.3 %, its photos 98.3 % (93-100 % by kind), sklearn-8x8
+# 85.0 %, its photos 88.7 % (80-92 %), pen strokes 100 %, the sum equal to the digit on
+# every set; this test's sample: 95 %, 95 %, 80 %, 87 %, 100 %. At 20 pictures per set one
+# picture is 5 points and the same model sat on the old floors, so the test reads 40 (20
+# per photo kind), and the floors sit 10-15 points below: they catch a broken preparation
+# (predict's old one read about 10 % of the photos and 53 % of sklearn-8x8), not the noise
+# of retraining on another CPU.
+FLOORS = {"pyclustering": 0.85, "photos (pyclustering)": 0.85, "sklearn-8x8": 0.7,
+          "photos (sklearn-8x8)": 0.75, "pen-strokes": 0.9}
 
 
 def test_accuracy_floor_on_handwriting_through_predict(trained_run, tmp_path, capsys):
-    sets = handwriting.build(tmp_path, limit=20, photo_limit=10)
+    sets = handwriting.build(tmp_path, limit=40, photo_limit=20)
     groups = {}
     for name, rows in sets.items():
         groups.setdefault(group_of(name), []).append(
