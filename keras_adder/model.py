@@ -77,7 +77,7 @@ def build_compact(dropout=0.1):
     number, all starting at zero, so every row starts uniform); the sum is the digit
     distribution carried through it, P(sum) = sum over d of P(d) T[n, d, sum]. Nothing
     says which sum a pair makes: the table learns it from the labels. Once it has,
-    the sum is as confident as the digit and agrees with it on every image, near-ties
+    the sum is as confident as the digit and agrees with it on every pair, near-ties
     included; the earlier head (a Dense layer over digit log-probabilities times the
     number, docs/performance.md) learned addition only approximately and disagreed with
     the digit head on 0.06-0.09 % of the test pairs.
