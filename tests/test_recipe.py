@@ -77,5 +77,5 @@ def test_a_run_refuses_to_resume_with_another_recipe(tmp_path):
         run.check({"recipe": "fast", **make_recipe("fast").as_dict()})
     assert str(error.value) == (
         f"{tmp_path / 'run'} is a run started with other settings (recipe 'default' -> "
-        "'fast'; epochs 36 -> 4; learning_rate 0.003 -> 0.006); resume it with the same "
-        "ones or use a new --run-dir")
+        "'fast'; epochs 36 -> 4; learning_rate 0.003 -> 0.006; augment True -> False); "
+        "resume it with the same ones or use a new --run-dir")
