@@ -152,7 +152,7 @@ def time_to_accuracy(fit_images, fit_labels, test_images, test_labels, *, recipe
     chosen = make_recipe(recipe, epochs=epochs)
     keras.utils.set_random_seed(chosen.seed)
     steps = steps_per_epoch(len(fit_labels), chosen.batch_size)
-    model = compile_model(build_model(chosen.arch), chosen, steps)
+    model = compile_model(build_model(chosen.arch, chosen.dropout), chosen, steps)
     tester = EpochTester(test_images, test_labels, seed=chosen.seed)
     model.fit(
         train_dataset(fit_images, fit_labels, batch_size=chosen.batch_size,

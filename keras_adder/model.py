@@ -123,12 +123,18 @@ BUILDERS = {"compact": build_compact, "reference": build_reference}
 assert tuple(BUILDERS) == ARCHITECTURES
 
 
-def build_model(arch="compact"):
-    """A fresh, uncompiled model of the named architecture."""
+def build_model(arch="compact", dropout=None):
+    """A fresh, uncompiled model of the named architecture.
+
+    `dropout` replaces the compact model's rate (None keeps its own); the reference
+    reproduces the notebook, which has no dropout.
+    """
     if arch not in BUILDERS:
         raise KerasAdderError(
             f"unknown architecture {arch!r} (choose from {', '.join(ARCHITECTURES)})"
         )
+    if arch == "compact" and dropout is not None:
+        return build_compact(dropout)
     return BUILDERS[arch]()
 
 

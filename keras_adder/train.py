@@ -42,7 +42,7 @@ def build_parser():
                                       help=f"{help} (default recipe: {'on' if default else 'off'})")
         else:
             recipe_flags.add_argument(
-                flag, type={float: number, str: str}.get(kind, integer),
+                flag, type={float: number, float | None: number, str: str}.get(kind, integer),
                 choices=ARCHITECTURES if name == "arch" else None,
                 metavar=None if name == "arch" else "N",
                 help=f"{help} (default recipe: {default})")
@@ -99,7 +99,7 @@ def main(argv=None):
     from keras_adder import model, training
 
     if args.dry_run:
-        model.build_model(recipe.arch).summary()
+        model.build_model(recipe.arch, recipe.dropout).summary()
         return None
     try:
         metrics = training.train(

@@ -102,8 +102,8 @@ def _run_facts(run, model, strategy, recipe, train_images):
 def _build(recipe, strategy, steps):
     """The compiled model, its variables mirrored over the strategy's replicas."""
     with strategy.scope():
-        model = distribution.synchronize_batch_norm(build_model(recipe.arch), strategy)
-        return compile_model(model, recipe, steps)
+        model = build_model(recipe.arch, recipe.dropout)
+        return compile_model(distribution.synchronize_batch_norm(model, strategy), recipe, steps)
 
 
 def _open(run_dir, config, strategy):

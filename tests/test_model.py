@@ -82,6 +82,12 @@ def test_compact_sum_head_depends_on_number_and_image():
     assert table_logits.trainable_weights
 
 
+@pytest.mark.parametrize("dropout, rate", [(None, 0.1), (0.0, 0.0), (0.3, 0.3)])
+def test_the_recipe_sets_the_compact_models_dropout(dropout, rate):
+    model = build_model("compact", dropout)
+    assert {model.get_layer(name).rate for name in ("drop1", "drop2", "drop3")} == {rate}
+
+
 def test_unknown_architecture_is_a_clear_error():
     with pytest.raises(KerasAdderError, match="unknown architecture 'big'"):
         build_model("big")

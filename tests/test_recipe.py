@@ -37,8 +37,10 @@ def test_flags_override_single_values_of_the_named_recipe():
 
 # The values README.md and docs/performance.md give for each recipe.
 DOCUMENTED = {
-    "default": {"epochs": 36, "learning_rate": 3e-3, "augment": True, "batch_size": 128},
-    "fast": {"epochs": 4, "learning_rate": 6e-3, "augment": False, "batch_size": 128},
+    "default": {"epochs": 36, "learning_rate": 3e-3, "augment": True, "dropout": None,
+                "batch_size": 128},
+    "fast": {"epochs": 4, "learning_rate": 6e-3, "augment": False, "dropout": 0.0,
+             "batch_size": 128},
 }
 
 
@@ -65,6 +67,8 @@ def test_warmup_scales_with_the_run_and_never_exceeds_an_epoch(epochs, steps, wa
     ({"epochs": 0}, "epochs 0 must be at least 1"),
     ({"learning_rate": float("nan")}, "learning rate nan must be a positive number"),
     ({"warmup_fraction": 1.0}, "warm-up fraction 1.0 must be at least 0 and below 1"),
+    ({"dropout": 1.0}, "dropout 1.0 must be at least 0 and below 1"),
+    ({"arch": "reference", "dropout": 0.2}, "dropout 0.2 needs the compact model"),
     ({"digit_loss_weight": 0.0, "sum_loss_weight": 0.0}, "not both 0"),
     ({"train_examples": 55_001}, "train examples 55001 is outside 1-55,000"),
     ({"arch": "resnet"}, "unknown architecture 'resnet'"),
@@ -86,5 +90,6 @@ def test_a_run_refuses_to_resume_with_another_recipe(tmp_path):
         run.check({"recipe": "fast", **make_recipe("fast").as_dict()})
     assert str(error.value) == (
         f"{tmp_path / 'run'} is a run started with other settings (recipe 'default' -> "
-        "'fast'; epochs 36 -> 4; learning_rate 0.003 -> 0.006; augment True -> False); "
+        "'fast'; epochs 36 -> 4; learning_rate 0.003 -> 0.006; augment True -> False; "
+        "dropout None -> 0.0); "
         "resume it with the same ones or use a new --run-dir")
