@@ -37,10 +37,10 @@ def test_flags_override_single_values_of_the_named_recipe():
 
 # The values README.md and docs/performance.md give for each recipe.
 DOCUMENTED = {
-    "default": {"epochs": 36, "learning_rate": 3e-3, "augment": True, "dropout": None,
-                "batch_size": 128},
-    "fast": {"epochs": 4, "learning_rate": 6e-3, "augment": False, "dropout": 0.0,
-             "batch_size": 128},
+    "default": {"epochs": 36, "learning_rate": 3e-3, "weight_decay": 0.05, "augment": True,
+                "dropout": None, "batch_size": 128},
+    "fast": {"epochs": 4, "learning_rate": 6e-3, "weight_decay": 1e-4, "augment": False,
+             "dropout": 0.0, "batch_size": 128},
 }
 
 
@@ -90,6 +90,6 @@ def test_a_run_refuses_to_resume_with_another_recipe(tmp_path):
         run.check({"recipe": "fast", **make_recipe("fast").as_dict()})
     assert str(error.value) == (
         f"{tmp_path / 'run'} is a run started with other settings (recipe 'default' -> "
-        "'fast'; epochs 36 -> 4; learning_rate 0.003 -> 0.006; augment True -> False; "
-        "dropout None -> 0.0); "
+        "'fast'; epochs 36 -> 4; learning_rate 0.003 -> 0.006; weight_decay 0.05 -> 0.0001; "
+        "augment True -> False; dropout None -> 0.0); "
         "resume it with the same ones or use a new --run-dir")
