@@ -10,8 +10,8 @@ Prints two tables and writes bench.json; docs/performance.md describes the measu
 
 import argparse
 
-from keras_adder import startup
 from keras_adder.cli import run
+from keras_adder.core import startup
 
 
 def _training_rows(training):
@@ -46,7 +46,7 @@ def _recipe_rows(name, t, goal):
 
 def print_table(results):
     # Deferred: runtimes imports TensorFlow, which --help never needs.
-    from keras_adder.runtimes import format_speed_table
+    from keras_adder.measurements.latency import format_speed_table
 
     recipes = results["recipes"]
     rows = [
@@ -89,7 +89,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
-    from keras_adder.benchmark import run_benchmark
+    from keras_adder.measurements.suite import run_benchmark
 
     results = run_benchmark(args.data_dir, quick=args.quick, output=args.output)
     print_table(results)

@@ -11,22 +11,9 @@ off the machine.
 
 import argparse
 
-from keras_adder.cli import run
-from keras_adder.constants import DEFAULT_EXPORT_DIR
-from keras_adder.errors import KerasAdderError
-
-MAX_PORT = 65535
-
-
-def port_number(text):
-    """argparse type: a TCP port 1-65535."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 1 <= value <= MAX_PORT:
-        raise argparse.ArgumentTypeError(f"port {value} is outside 1-{MAX_PORT}")
-    return value
+from keras_adder.cli import port_number, run
+from keras_adder.core.constants import DEFAULT_EXPORT_DIR
+from keras_adder.core.errors import KerasAdderError
 
 
 def build_parser():
@@ -52,13 +39,13 @@ def main(argv=None):
     try:
         # Deferred: Gradio (and, through the app, TensorFlow) take seconds to import,
         # which --help and a bad flag never need.
-        from keras_adder import demo_app
+        from keras_adder.serving import gradio_app
     except ImportError as error:
         raise KerasAdderError(f"the demo needs its requirements ({error}): run `make demo` "
                               "or pip install -r requirements-demo.txt") from None
-    app = demo_app.build_app(args.model)
+    app = gradio_app.build_app(args.model)
     print(f"model: {args.model}; press Ctrl-C to stop")
-    demo_app.launch(app, args.host, args.port)
+    gradio_app.launch(app, args.host, args.port)
 
 
 if __name__ == "__main__":

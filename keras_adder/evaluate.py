@@ -4,15 +4,19 @@
     python -m keras_adder.evaluate saved_models/keras_adder/3
     python -m keras_adder.evaluate runs/<run>/best.keras --split validation
 
-What evaluation.json holds is described in `keras_adder.evaluation`.
+What evaluation.json holds is described in `keras_adder.reports.exhaustive`.
 """
 
 import argparse
 from pathlib import Path
 
-from keras_adder import startup
 from keras_adder.cli import positive_int, run
-from keras_adder.constants import EVALUATION_BATCH, EVALUATION_DIR, EVALUATION_SPLITS
+from keras_adder.core import startup
+from keras_adder.core.constants import (
+    EVALUATION_BATCH,
+    EVALUATION_DIR,
+    EVALUATION_SPLITS,
+)
 
 
 def main(argv=None):
@@ -39,7 +43,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
-    from keras_adder.evaluation import EVALUATION_FILE, evaluate, format_report
+    from keras_adder.reports.exhaustive import EVALUATION_FILE, evaluate, format_report
 
     summary, _ = evaluate(
         args.model, data_dir=args.data_dir, split=args.split, limit=args.limit,

@@ -4,17 +4,21 @@
     python -m keras_adder.export runs/<run>/best.keras --export-version 7
 
 The signature, the checks and the atomic write are described in
-`keras_adder.saved_model` and docs/serving.md.
+`keras_adder.serving.saved_model` and docs/serving.md.
 """
 
 import argparse
 from pathlib import Path
 
-from keras_adder import startup
 from keras_adder.cli import positive_int, run
-from keras_adder.constants import DEFAULT_EXPORT_DIR, PROMOTION_POLICIES, RUNTIME_FORMATS
-from keras_adder.errors import KerasAdderError
-from keras_adder.recipe import RECIPES
+from keras_adder.core import startup
+from keras_adder.core.constants import (
+    DEFAULT_EXPORT_DIR,
+    PROMOTION_POLICIES,
+    RUNTIME_FORMATS,
+)
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.recipe import RECIPES
 
 EXPORT_FORMATS = ("saved_model", *RUNTIME_FORMATS)
 
@@ -58,12 +62,14 @@ def main(argv=None):
         raise KerasAdderError("--output and --quantize are for --format litert or onnx")
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
-    from keras_adder import data, model, promotion, runtimes, saved_model
+    from keras_adder.data import pipeline
+    from keras_adder.model import keras_file
+    from keras_adder.serving import promotion, runtimes, saved_model
 
     if args.format == "saved_model":
         saved_model.free_version(args.export_dir, args.export_version)  # before the slow part
-    keras_model = model.load_keras_model(args.model)
-    (train_images, train_labels), (test_images, _) = data.load_mnist(args.data_dir)
+    keras_model = keras_file.load_keras_model(args.model)
+    (train_images, train_labels), (test_images, _) = pipeline.load_mnist(args.data_dir)
     if args.format != "saved_model":
         path = runtimes.export_file(
             keras_model, args.format, args.output or Path(args.export_dir),
@@ -74,7 +80,7 @@ def main(argv=None):
     served, candidate, why = promotion.export_and_promote(
         keras_model, args.candidate_dir or Path(args.model).parent / "saved_model",
         args.export_dir, version=args.export_version, policy=args.promote,
-        validation=data.split_validation(train_images, train_labels)[1],
+        validation=pipeline.split_validation(train_images, train_labels)[1],
         seed=RECIPES["default"].seed, check_images=test_images[:64])
     print(f"SavedModel written to {candidate}; {why}")
     return served

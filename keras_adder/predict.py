@@ -7,7 +7,7 @@
 The model is called through its `serving_default` signature, exactly as TensorFlow
 Serving calls it, so this checks the exported artifact rather than the training code.
 Image files are prepared as MNIST was (crop to the ink, fit a 20x20 box, centre of mass
-at the centre; see `keras_adder.images`); answers below UNSURE_BELOW are flagged.
+at the centre; see `keras_adder.data.pictures`); answers below UNSURE_BELOW are flagged.
 `--write-examples DIR` writes TF Serving REST request bodies for the chosen inputs
 instead of predicting (see docs/serving.md).
 """
@@ -18,34 +18,25 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_adder import plots, startup
-from keras_adder.cli import run
-from keras_adder.constants import DEFAULT_EXPORT_DIR, NUM_DIGITS, TEST_SIZE
-from keras_adder.errors import KerasAdderError
-from keras_adder.images import UNSURE_BELOW, is_unsure, load_digit, load_npy
-from keras_adder.rest import write_request_examples
+from keras_adder.cli import parse_integers, run
+from keras_adder.core import startup
+from keras_adder.core.constants import (
+    DEFAULT_EXPORT_DIR,
+    IMAGE_SIZE,
+    NUM_DIGITS,
+    TEST_SIZE,
+)
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.pictures import UNSURE_BELOW, is_unsure, load_digit, load_npy
+from keras_adder.reports import plots
+from keras_adder.serving.rest import write_request_examples
 
 MAX_SHOWN = 100  # the --show picture stays readable
 
 
-def parse_integers(texts, what, low, high=None):
-    """Command-line words → ints in [low, high], with one clear error for the first bad one."""
-    values = []
-    for text in texts:
-        try:
-            value = int(text)
-        except ValueError:
-            raise KerasAdderError(f"{what} {text!r} is not an integer") from None
-        if value < low or (high is not None and value > high):
-            allowed = f"outside {low}-{high}" if high is not None else f"below {low}"
-            raise KerasAdderError(f"{what} {value} is {allowed}")
-        values.append(value)
-    return values
-
-
 def load_files(files, prepare=None):
     """Images from image files and .npy arrays: (sources, uint8 [N, 28, 28])."""
-    sources, batches = [], [np.zeros((0, 28, 28), np.uint8)]
+    sources, batches = [], [np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)]
     for name in files:
         if Path(name).suffix.lower() == ".npy":
             array = load_npy(name)
@@ -195,10 +186,11 @@ def main(argv=None):
     labels = [None] * len(images)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which a bad input never needs.
-    from keras_adder import data, runtimes, saved_model
+    from keras_adder.data import pipeline
+    from keras_adder.serving.formats import load_model
 
     if indices:
-        _, (test_images, test_labels) = data.load_mnist(args.data_dir)
+        _, (test_images, test_labels) = pipeline.load_mnist(args.data_dir)
         sources += [f"mnist-test[{i}]" for i in indices]
         images = np.concatenate([images, test_images[indices]])
         labels += [int(test_labels[i]) for i in indices]
@@ -206,11 +198,8 @@ def main(argv=None):
         for path in write_request_examples(args.write_examples, images, numbers):
             print(f"wrote {path}")
         return None
-    if Path(args.model).suffix in runtimes.FORMATS:  # a LiteRT or ONNX file
-        model_path, answer = args.model, runtimes.load_runtime_model(args.model).predict
-    else:
-        model_path, serve = saved_model.load_saved_model(args.model)
-        answer = lambda images, numbers: saved_model.run_signature(serve, images, numbers)  # noqa: E731
+    model = load_model(args.model)
+    model_path, answer = model.path, model.call
     rows = prediction_rows(sources, numbers, labels, answer(images, numbers))
     if args.show:
         save_picture(args.show, images, rows)

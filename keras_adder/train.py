@@ -15,14 +15,18 @@ import importlib.util
 from datetime import datetime
 from pathlib import Path
 
-from keras_adder import signals, startup
 from keras_adder.cli import integer, number, positive_int, run
-from keras_adder.constants import (
-    ARCHITECTURES, DEFAULT_EXPORT_DIR, PROMOTION_POLICIES, RUNS_DIR, RUNTIME_FORMATS,
+from keras_adder.core import signals, startup
+from keras_adder.core.constants import (
+    ARCHITECTURES,
+    DEFAULT_EXPORT_DIR,
+    PROMOTION_POLICIES,
+    RUNS_DIR,
+    RUNTIME_FORMATS,
     STRATEGIES,
 )
-from keras_adder.errors import KerasAdderError
-from keras_adder.recipe import RECIPES, make_recipe, settings
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.recipe import RECIPES, make_recipe, settings
 
 
 def build_parser():
@@ -96,13 +100,14 @@ def main(argv=None):
     run_dir = Path(args.run_dir or Path(RUNS_DIR) / datetime.now().strftime("%Y%m%d-%H%M%S"))
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help and bad flags never need.
-    from keras_adder import model, training
+    from keras_adder.fitting import keras_path
+    from keras_adder.model import architectures
 
     if args.dry_run:
-        model.build_model(recipe.arch, recipe.dropout).summary()
+        architectures.build_model(recipe.arch, recipe.dropout).summary()
         return None
     try:
-        metrics = training.train(
+        metrics = keras_path.train(
             recipe, recipe_name=args.recipe, data_dir=args.data_dir, run_dir=run_dir,
             export_dir=args.export_dir, export_version=args.export_version,
             promote=args.promote, export_formats=args.export_formats,
@@ -114,7 +119,7 @@ def main(argv=None):
         raise signals.Terminated(f"to resume, rerun the same command with --run-dir "
                                  f"{run_dir}") from None
     if metrics:
-        print(training.summary_line(metrics))
+        print(keras_path.summary_line(metrics))
     return metrics
 
 

@@ -1,6 +1,6 @@
 """Write the answers the project's own TensorFlow gives, for check.py to compare against.
 
-Runs under the project's venv (it reads MNIST with keras_adder.data). The answers come
+Runs under the project's venv (it reads MNIST with keras_adder.data.pipeline). The answers come
 from `tf.saved_model.load`, the path the project itself trusts; check.py then asks
 other TensorFlow releases, through TF Serving's session loader, for the same ones.
 
@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from keras_adder.cli import positive_int, run
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import write_atomically
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import write_atomically
 
 SIGNATURE = "serving_default"
 NUM_DIGITS = 10
@@ -39,7 +39,7 @@ def write_expected(model_path, images, path):
 
 
 def main(argv=None):
-    from keras_adder.data import load_mnist
+    from keras_adder.data.pipeline import load_mnist
 
     parser = argparse.ArgumentParser(
         prog="python -m serving_compat.expect",

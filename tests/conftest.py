@@ -96,7 +96,7 @@ def recount_test_accuracy(model, test_images, test_labels, seed):
     with its seeded test number, counted here from the model's answers."""
     import numpy as np
 
-    from keras_adder.data import TEST_STREAM, model_inputs, paired_numbers
+    from keras_adder.data.pipeline import TEST_STREAM, model_inputs, paired_numbers
 
     numbers = paired_numbers(len(test_labels), seed, TEST_STREAM).numpy()
     answers = model.predict(model_inputs(test_images, numbers), batch_size=1024, verbose=0)
@@ -122,7 +122,7 @@ def data_dir():
 
 @pytest.fixture(scope="session")
 def mnist(data_dir):
-    from keras_adder.data import load_mnist
+    from keras_adder.data.pipeline import load_mnist
 
     return load_mnist(data_dir)
 
@@ -130,8 +130,8 @@ def mnist(data_dir):
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, data_dir):
     """metrics.json of a short real training run; files under its run and export dirs."""
-    from keras_adder.recipe import Recipe
-    from keras_adder.training import train
+    from keras_adder.core.recipe import Recipe
+    from keras_adder.fitting.keras_path import train
 
     root = tmp_path_factory.mktemp("trained")
     with global_state_kept():

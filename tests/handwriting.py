@@ -18,7 +18,7 @@ slants, polarities, tight crops), which the old preparation already read well.
 
 writes OUT_DIR/<set>/<files> and OUT_DIR/labels.csv; with --measure, prints the digit
 and sum accuracy of a SavedModel on each set, with predict's old preparation and with
-keras_adder.images.
+keras_adder.data.pictures.
 """
 
 import argparse
@@ -274,8 +274,8 @@ def predict_set(rows, model):
     """Run the predict command on one set's pictures: (digit accuracy, sum accuracy,
     unsure fraction, refused fraction). Pictures that predict refuses (blank, several
     digits) count as wrong; the others go through it in one call."""
-    from keras_adder import images as prep
     from keras_adder import predict
+    from keras_adder.data import pictures as prep
 
     accepted = [(path, label) for path, label in rows
                 if prep.digit_problem(prep.prepare_digit(prep.load_image(path))) is None]

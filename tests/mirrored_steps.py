@@ -21,9 +21,10 @@ import sys
 import keras
 import tensorflow as tf
 
-from keras_adder import data, distribution
-from keras_adder.model import build_model, compile_model
-from keras_adder.recipe import Recipe
+from keras_adder.core.recipe import Recipe
+from keras_adder.data import pipeline as data
+from keras_adder.fitting import distribution
+from keras_adder.model.architectures import build_model, compile_model
 
 
 class StepLosses(keras.callbacks.Callback):

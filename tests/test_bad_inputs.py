@@ -15,12 +15,12 @@ import json
 
 import numpy as np
 import pytest
-
 from doc_table import bad_input_messages
 from training_runs import snapshot
+
 from keras_adder import evaluate, export, predict, train
 from keras_adder.cli import run
-from keras_adder.recipe import Recipe
+from keras_adder.core.recipe import Recipe
 
 QUICK = ["--epochs", "1", "--train-examples", "64"]
 MNIST_NAMES = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte",
@@ -139,7 +139,7 @@ def _h5_model(tmp, data_dir):
 
 
 def _evaluate_into_a_file(tmp, data_dir):
-    from keras_adder.model import build_model
+    from keras_adder.model.architectures import build_model
 
     build_model("compact").save(tmp / "model.keras")
     (tmp / "notes.txt").write_text("a file, not a folder\n")
@@ -209,7 +209,7 @@ CLI_ROWS = {
                                                            npy=np.zeros((28, 27)))),
     "request pixels outside 0-255": (predict, _predict("--number", "3",
                                                        npy=np.full((28, 28), 300.0))),
-    "no SavedModel at --model": (predict, _predict("--number", "3", "--model", "nowhere",
+    "missing --model": (predict, _predict("--number", "3", "--model", "nowhere",
                                                    npy=np.zeros((28, 28)))),
 }
 
@@ -253,8 +253,8 @@ def serving_signature(tmp_path_factory):
     """The serving signature of an exported (untrained: only its checks matter) model."""
     import tensorflow as tf
 
-    from keras_adder.saved_model import export_saved_model
-    from keras_adder.model import build_model
+    from keras_adder.model.architectures import build_model
+    from keras_adder.serving.saved_model import export_saved_model
 
     folder = tmp_path_factory.mktemp("served")
     path = export_saved_model(build_model("compact"), folder,

@@ -8,11 +8,11 @@ import json
 import math
 
 import pytest
-
 from conftest import recount_test_accuracy
-from keras_adder import benchmark
+
 from keras_adder.bench import main as bench_main
-from keras_adder.recipe import RECIPES
+from keras_adder.core.recipe import RECIPES
+from keras_adder.measurements import suite as benchmark
 
 pytestmark = pytest.mark.slow
 

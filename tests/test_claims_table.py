@@ -6,7 +6,6 @@ import ast
 import re
 
 import pytest
-
 from doc_table import RELIABILITY, REPO, read_table
 
 DESIGN = REPO / "docs" / "design.md"

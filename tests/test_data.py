@@ -6,12 +6,16 @@ import struct
 import numpy as np
 import pytest
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.data import (
-    eval_dataset, load_mnist, resolve_data_dir, split_validation, steps_per_epoch,
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.idx import MNIST_FILES, load_mnist_dir, read_idx
+from keras_adder.data.pipeline import (
+    eval_dataset,
+    load_mnist,
+    resolve_data_dir,
+    split_validation,
+    steps_per_epoch,
     train_dataset,
 )
-from keras_adder.idx import MNIST_FILES, load_mnist_dir, read_idx
 
 
 def idx_bytes(array, type_byte=0x08):

@@ -53,7 +53,8 @@ def free_port():
 @pytest.fixture(scope="module")
 def demo(trained_run):
     """(url, paths): the served app, and every picture path it loaded, in order."""
-    from keras_adder import demo_app, images
+    from keras_adder.data import pictures as images
+    from keras_adder.serving import gradio_app as demo_app
 
     loaded = []
     load_digit = images.load_digit
@@ -153,8 +154,8 @@ def shown_image(page):
 
 @pytest.mark.parametrize("digit", sorted(STROKES))
 def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path):
-    from keras_adder import demo_app
     from keras_adder.predict import load_files
+    from keras_adder.serving import gradio_app as demo_app
 
     _, loaded = demo
     draw(page, STROKES[digit])
@@ -230,7 +231,7 @@ def _stroke(tmp_path):
 ])
 def test_every_widget_input_gets_an_answer_or_a_message(tmp_path, drawing, upload,
                                                         number, message):
-    from keras_adder.demo_app import answer
+    from keras_adder.serving.gradio_app import answer
 
     files = {"blank": _blank(tmp_path), "stroke": _stroke(tmp_path)}
     (tmp_path / "notes.png").write_text("not a picture")
@@ -243,7 +244,7 @@ def test_every_widget_input_gets_an_answer_or_a_message(tmp_path, drawing, uploa
 
 
 def test_a_drawing_and_a_number_give_the_sum(tmp_path):
-    from keras_adder.demo_app import answer
+    from keras_adder.serving.gradio_app import answer
 
     text, digits, sums, image = answer(FakeModel(), {"composite": _stroke(tmp_path)}, None, 4)
     assert text == "3 + 4 = 7"

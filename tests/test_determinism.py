@@ -12,7 +12,8 @@ import pytest
 import tensorflow as tf
 from tensorflow.python.framework import config
 
-from keras_adder import train, training
+from keras_adder import train
+from keras_adder.fitting import keras_path as training
 
 
 class Seen(Exception):

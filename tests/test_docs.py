@@ -1,8 +1,8 @@
 """The README and docs/ say what the code does.
 
 README.md stays short and links every docs page; every relative link and anchor in README
-and docs/ resolves; the README's layout table lists exactly the files of keras_adder/
-(all of them, __init__.py included); no page carries a commit hash; every flag a page
+and docs/ resolves; the README's layout tree names exactly the commands and wings of
+keras_adder/; no page carries a commit hash; every flag a page
 passes to `python -m keras_adder.<command>` exists. (tests/test_bad_inputs.py reads its
 expected messages from docs/reliability.md's bad-input table.)
 """
@@ -14,7 +14,6 @@ import re
 from pathlib import Path
 
 import pytest
-
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
@@ -71,16 +70,19 @@ def test_relative_links_resolve(page):
             assert anchor in anchors(linked), f"{page.name} links {target}: no such heading"
 
 
-def layout_table():
-    """The module names in the first column of the README's "## Layout" table."""
+def layout_tree():
+    """The names in the README's "## Layout" tree: top-level .py files and wing folders."""
     section = README.read_text().split("\n## Layout\n", 1)[1].split("\n## ", 1)[0]
-    return re.findall(r"^\| `([\w.]+\.py)` \|", section, re.M)
+    tree = re.search(r"^```\nkeras_adder/\n(.*?)^```", section, re.M | re.S).group(1)
+    return re.findall(r"\b([a-z_]+\.py|[a-z_]+/)", tree)
 
 
-def test_readme_layout_table_lists_exactly_the_modules():
-    listed = layout_table()
-    assert len(listed) == len(set(listed)), "a module is listed twice"
-    assert sorted(listed) == sorted(path.name for path in PACKAGE.glob("*.py"))
+def test_readme_layout_tree_names_every_command_and_wing():
+    listed = layout_tree()
+    assert len(listed) == len(set(listed)), "a name is listed twice"
+    actual = [path.name for path in PACKAGE.glob("*.py") if path.name != "__init__.py"]
+    actual += [f"{path.name}/" for path in PACKAGE.iterdir() if (path / "__init__.py").is_file()]
+    assert sorted(listed) == sorted(actual)
 
 
 @pytest.mark.parametrize("page", pages(), ids=lambda page: page.name)

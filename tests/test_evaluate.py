@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from keras_adder.cli import run
-from keras_adder.constants import NUM_DIGITS, NUM_SUMS
-from keras_adder.data import model_inputs, split_validation
+from keras_adder.core.constants import NUM_DIGITS, NUM_SUMS
+from keras_adder.data.pipeline import model_inputs, split_validation
 from keras_adder.evaluate import main
-from keras_adder.evaluation import EVALUATION_FILE, evaluate, summarize
+from keras_adder.reports.exhaustive import EVALUATION_FILE, evaluate, summarize
 
 FIGURES = ("confusion_digit.png", "confusion_sum.png", "predictions.png", "misclassified.png")
 KERAS_IMAGES = 1_000  # the .keras comparison runs on the first images only, to stay fast

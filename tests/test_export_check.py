@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_adder import saved_model
-from keras_adder.errors import KerasAdderError
-from keras_adder.model import build_model
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.model.architectures import build_model
+from keras_adder.serving import saved_model
 
 
 def images(count=16):

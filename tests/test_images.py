@@ -1,17 +1,17 @@
-"""keras_adder.images: the bounded loaders and MNIST's preparation, on pictures people make."""
+"""keras_adder.data.pictures: the bounded loaders and MNIST's preparation, on pictures people make."""
 
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
+import handwriting
 import numpy as np
 import pytest
 from PIL import Image
 
-import handwriting
-from keras_adder import images
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data import pictures as images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -325,7 +325,7 @@ def test_npy_header_declaring_a_billion_images_allocates_nothing(tmp_path):
     code = (
         "import resource, sys\n"
         "resource.setrlimit(resource.RLIMIT_AS, (1_500_000_000, 1_500_000_000))\n"
-        "from keras_adder import images\n"
+        "from keras_adder.data import pictures as images\n"
         "from keras_adder.cli import run\n"
         f"run(lambda argv: images.load_npy({str(path)!r}))\n"
     )

@@ -9,8 +9,8 @@ from keras.src.backend.common import global_state
 from tensorflow.python.eager import context
 from tensorflow.python.framework import config
 
-from keras_adder.recipe import Recipe
-from keras_adder.training import _seed_everything
+from keras_adder.core.recipe import Recipe
+from keras_adder.fitting.keras_path import _seed_everything
 
 
 def test_a_test_that_seeds_and_switches_op_determinism(initial_global_state):

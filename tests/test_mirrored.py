@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-
 from training_runs import TIMEOUT_S, history, kill_after_backup, run_to_end
 
 pytestmark = pytest.mark.slow
@@ -83,7 +82,7 @@ def test_mirrored_export_answers_like_the_keras_model(mirrored_run, mnist):
     import keras
     import tensorflow as tf
 
-    from keras_adder.data import model_inputs
+    from keras_adder.data.pipeline import model_inputs
 
     root = mirrored_run[0]
     (_, _), (test_images, _) = mnist
@@ -163,8 +162,8 @@ def test_cpu_replicas_with_multiworker_is_refused(tmp_path, capsys):
 
 
 def test_a_batch_that_does_not_split_evenly_is_refused():
-    from keras_adder.distribution import check_batch_split
-    from keras_adder.errors import KerasAdderError
+    from keras_adder.core.errors import KerasAdderError
+    from keras_adder.fitting.distribution import check_batch_split
 
     two = SimpleNamespace(num_replicas_in_sync=2)
     check_batch_split(two, 128, 55_000)  # the last batch (88) may split 44 + 44, or unevenly
@@ -179,8 +178,8 @@ def test_a_batch_that_does_not_split_evenly_is_refused():
 def test_split_cpu_after_tensorflow_started_says_so():
     import tensorflow as tf
 
-    from keras_adder.distribution import split_cpu
-    from keras_adder.errors import KerasAdderError
+    from keras_adder.core.errors import KerasAdderError
+    from keras_adder.fitting.distribution import split_cpu
 
     started = [device.name for device in tf.config.list_logical_devices("CPU")]  # starts TF
     assert split_cpu(len(started)) == started

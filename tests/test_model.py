@@ -3,9 +3,10 @@
 import numpy as np
 import pytest
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.constants import ARCHITECTURES, NUM_DIGITS, NUM_SUMS
-from keras_adder.model import addition_table, build_model, fold_batchnorm
+from keras_adder.core.constants import ARCHITECTURES, NUM_DIGITS, NUM_SUMS
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.model.architectures import addition_table, build_model
+from keras_adder.serving.folding import fold_batchnorm
 from keras_adder.train import main as train_main
 
 
@@ -104,7 +105,7 @@ def test_dry_run_prints_summary(capsys, arch):
 def test_batchnorm_folding(trained_model, mnist):
     import keras
 
-    from keras_adder.data import model_inputs
+    from keras_adder.data.pipeline import model_inputs
 
     _, (test_images, _) = mnist
     folded = fold_batchnorm(trained_model)

@@ -4,7 +4,7 @@ Both workers run the same `python -m keras_adder.train --strategy multiworker`
 command with their own TF_CONFIG. Both are killed after their first epoch, started
 again, and must resume and finish; only the chief (worker 0) leaves files: the run
 directory and a SavedModel that loads and answers. This also proves
-keras_adder/compat.py: without it keras 3.15.1's `model.fit` fails here.
+keras_adder/fitting/multi_worker.py: without it keras 3.15.1's `model.fit` fails here.
 """
 
 import json
@@ -130,7 +130,7 @@ def test_chief_export_answers_like_the_chiefs_best_model(cluster_run, mnist):
     import keras
     import tensorflow as tf
 
-    from keras_adder.data import model_inputs
+    from keras_adder.data.pipeline import model_inputs
 
     root = cluster_run[0]
     serve = tf.saved_model.load(str(root / "export" / "1")).signatures["serving_default"]
@@ -158,8 +158,8 @@ def test_finished_cluster_run_is_not_trained_again(cluster_run):
 def test_compat_fix_refuses_an_untested_keras(monkeypatch):
     import keras
 
-    from keras_adder.errors import KerasAdderError
-    from keras_adder.compat import patch_keras_for_multi_worker
+    from keras_adder.core.errors import KerasAdderError
+    from keras_adder.fitting.multi_worker import patch_keras_for_multi_worker
 
     monkeypatch.setattr(keras, "__version__", "3.99.0")
     with pytest.raises(KerasAdderError, match="keras 3.99.0 is installed; check "
@@ -170,7 +170,7 @@ def test_compat_fix_refuses_an_untested_keras(monkeypatch):
 def test_single_machine_strategies():
     import tensorflow as tf
 
-    from keras_adder.distribution import choose_strategy, is_chief
+    from keras_adder.fitting.distribution import choose_strategy, is_chief
 
     mirrored = choose_strategy("mirrored")
     assert isinstance(mirrored, tf.distribute.MirroredStrategy)

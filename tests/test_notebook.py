@@ -1,6 +1,8 @@
 """notebooks/explore.ipynb runs top to bottom, headless, with small settings, and its
 outputs are clean."""
 
+import ast
+import importlib
 import json
 import re
 from pathlib import Path
@@ -86,3 +88,35 @@ def test_notebook_runs_top_to_bottom(data_dir, tmp_path, monkeypatch):
     shown = [output for cell in notebook.cells for output in cell.get("outputs", [])
              if "image/png" in output.get("data", {})]
     assert len(shown) >= 10, "the notebook should show its samples, diagrams and pictures"
+
+
+def _notebook_imports():
+    """(module, name) of every `from keras_adder... import name` in the notebook's code
+    cells, in every branch (parsed, not run), and every `import keras_adder...`."""
+    imports = []
+    for cell in nbformat.read(NOTEBOOK, as_version=4).cells:
+        if cell.cell_type != "code":
+            continue
+        for node in ast.walk(ast.parse(cell.source)):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_adder"):
+                imports += [(node.module, alias.name) for alias in node.names]
+            elif isinstance(node, ast.Import):
+                imports += [(alias.name, None) for alias in node.names
+                            if alias.name.startswith("keras_adder")]
+    return imports
+
+
+def test_every_name_the_notebook_imports_exists():
+    imports = _notebook_imports()
+    # The demo cell's import sits in a branch a headless run never takes.
+    assert ("keras_adder.serving.gradio_app", "build_app") in imports
+    missing = []
+    for module, name in imports:
+        imported = importlib.import_module(module)  # gradio: requirements-demo.txt
+        if name is None or hasattr(imported, name):
+            continue
+        try:
+            importlib.import_module(f"{module}.{name}")  # a submodule not imported yet
+        except ModuleNotFoundError:
+            missing.append(f"{module}.{name}")
+    assert not missing, f"the notebook imports names that do not exist: {missing}"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_adder import plots
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.reports import plots
 
 RUN_FIGURES = ("training_curves.png", "confusion_digit.png", "confusion_sum.png",
                "predictions.png", "misclassified.png")

@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from keras_adder import images, predict
+from keras_adder import predict
 from keras_adder.cli import run
-from keras_adder.data import model_inputs
+from keras_adder.data import pictures as images
+from keras_adder.data.pipeline import model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 

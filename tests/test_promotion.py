@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from keras_adder import promotion
-from keras_adder.data import split_validation
-from keras_adder.errors import KerasAdderError
-from keras_adder.model import build_model
-from keras_adder.saved_model import existing_versions, export_saved_model
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.pipeline import split_validation
+from keras_adder.model.architectures import build_model
+from keras_adder.serving import promotion
+from keras_adder.serving.saved_model import existing_versions, export_saved_model
 
 SEED = 1337
 
@@ -78,8 +78,8 @@ def test_an_unknown_policy_is_refused(weak_candidate, validation, tmp_path):
 
 def test_a_weak_run_stays_a_candidate_end_to_end(trained_run, data_dir, tmp_path, capsys):
     """A one-epoch run on 256 images against the served fixture model: not promoted."""
-    from keras_adder.recipe import Recipe
-    from keras_adder.training import train
+    from keras_adder.core.recipe import Recipe
+    from keras_adder.fitting.keras_path import train
 
     base = serving(trained_run, tmp_path)
     metrics = train(Recipe(epochs=1, train_examples=256), data_dir=data_dir,

@@ -5,9 +5,9 @@ import dataclasses
 
 import pytest
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.recipe import MAX_SEED, RECIPES, Recipe, make_recipe, settings
-from keras_adder.resume import RunDirectory
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.recipe import MAX_SEED, RECIPES, Recipe, make_recipe, settings
+from keras_adder.fitting.run_directory import RunDirectory
 from keras_adder.train import build_parser
 
 

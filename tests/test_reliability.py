@@ -21,19 +21,28 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from training_runs import (
-    EPOCHS, assert_same_run, backed_up_epochs, history, run_to_end, snapshot,
-    start_until_backup, train_command,
+    EPOCHS,
+    assert_same_run,
+    backed_up_epochs,
+    history,
+    run_to_end,
+    snapshot,
+    start_until_backup,
+    train_command,
 )
-from keras_adder import evaluation, export, predict, saved_model, signals, train
+
+from keras_adder import export, predict, train
 from keras_adder.cli import EXIT_TERMINATED, EXIT_USAGE, run
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import temporary_sibling, write_atomically
-from keras_adder.idx import read_idx
-from keras_adder.recipe import MAX_SEED
-from keras_adder.resume import BACKUP_FILES, RunDirectory, open_run
-from keras_adder.rest import write_request_examples
+from keras_adder.core import signals
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import temporary_sibling, write_atomically
+from keras_adder.core.recipe import MAX_SEED
+from keras_adder.data.idx import read_idx
+from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory, open_run
+from keras_adder.reports import exhaustive as evaluation
+from keras_adder.serving import saved_model
+from keras_adder.serving.rest import write_request_examples
 
 TINY = ["--epochs", "1", "--train-examples", "512"]  # 4 steps: seconds, not minutes
 
@@ -84,7 +93,7 @@ def test_a_rerun_after_a_crash_after_the_export_finishes_without_exporting_again
 
 HOLD_LOCK = """
 import sys, time
-from keras_adder.resume import RunDirectory
+from keras_adder.fitting.run_directory import RunDirectory
 RunDirectory(sys.argv[1]).lock()
 print("locked", flush=True)
 time.sleep(600)
@@ -364,8 +373,8 @@ MEMORY_LIMIT = 1 << 30  # address space of the child; a plain MNIST load peaks n
 LOAD_UNDER_LIMIT = """
 import resource, sys
 resource.setrlimit(resource.RLIMIT_AS, (int(sys.argv[2]), int(sys.argv[2])))
-from keras_adder.errors import KerasAdderError
-from keras_adder.idx import load_mnist_dir  # no TensorFlow: it alone needs GBs of addresses
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.idx import load_mnist_dir  # no TensorFlow: it alone needs GBs of addresses
 try:
     load_mnist_dir(sys.argv[1])
 except KerasAdderError as error:

@@ -1,12 +1,16 @@
-"""TF Serving's REST protocol as keras_adder.rest models it: bodies in, tensors, answers out."""
+"""TF Serving's REST protocol as keras_adder.serving.rest models it: bodies in, tensors, answers out."""
 
 import json
 
 import numpy as np
 import pytest
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.rest import request_bodies, rest_response, tensors_from_rest_body
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.serving.rest import (
+    request_bodies,
+    rest_response,
+    tensors_from_rest_body,
+)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,12 @@ import json
 import pytest
 from conftest import recount_test_accuracy
 from training_runs import (
-    EPOCHS, assert_same_run, backed_up_epochs, history, kill_after_backup, run_to_end,
+    EPOCHS,
+    assert_same_run,
+    backed_up_epochs,
+    history,
+    kill_after_backup,
+    run_to_end,
     train_command,
 )
 

@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from keras_adder import distribution, resume
-from keras_adder.callbacks import make_callbacks
-from keras_adder.errors import KerasAdderError
-from keras_adder.resume import BACKUP_FILES, RunDirectory
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.fitting import distribution
+from keras_adder.fitting import run_directory as resume
+from keras_adder.fitting.callbacks import make_callbacks
+from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory
 
 
 def write_history(run, val_losses):

@@ -4,8 +4,8 @@
 import numpy as np
 import pytest
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.constants import NUM_DIGITS
+from keras_adder.core.constants import NUM_DIGITS
+from keras_adder.core.errors import KerasAdderError
 
 FP32_MIN_AGREEMENT = 0.9999
 # int8 rounds activations to 256 levels, which moves the probabilities by a few
@@ -20,7 +20,7 @@ INT8_MAX_ACCURACY_DROP = 0.003  # 0.3 points on either head
 
 @pytest.fixture(scope="module")
 def files(trained_model, mnist, tmp_path_factory):
-    from keras_adder.runtimes import export_runtime_files
+    from keras_adder.measurements.latency import export_runtime_files
 
     (train_images, _), (test_images, _) = mnist
     return export_runtime_files(trained_model, tmp_path_factory.mktemp("runtimes"),
@@ -46,16 +46,16 @@ def accuracy(answers, labels):
 
 @pytest.fixture(scope="module")
 def saved_model_answers(trained_run, mnist):
-    from keras_adder.runtimes import saved_model_predictor
+    from keras_adder.serving.formats import load_model
 
     _, (test_images, _) = mnist
-    return exhaustive_answers(saved_model_predictor(trained_run["export_path"]), test_images)
+    return exhaustive_answers(load_model(trained_run["export_path"]).call, test_images)
 
 
 @pytest.mark.parametrize("name", ["LiteRT fp32", "ONNX Runtime fp32",
                                   "LiteRT int8", "ONNX Runtime int8"])
 def test_files_answer_like_the_saved_model(name, files, saved_model_answers, mnist):
-    from keras_adder.runtimes import load_runtime_model
+    from keras_adder.serving.runtimes import load_runtime_model
 
     _, (test_images, test_labels) = mnist
     answers = exhaustive_answers(load_runtime_model(files[name]).predict, test_images)
@@ -88,7 +88,7 @@ BAD_INPUTS = [
 @pytest.mark.parametrize("name", ["LiteRT fp32", "ONNX Runtime fp32"])
 @pytest.mark.parametrize("images, numbers, message", BAD_INPUTS)
 def test_bad_inputs_are_refused(name, images, numbers, message, files):
-    from keras_adder.runtimes import load_runtime_model
+    from keras_adder.serving.runtimes import load_runtime_model
 
     with pytest.raises(KerasAdderError) as error:
         load_runtime_model(files[name]).predict(images, np.asarray(numbers))
@@ -97,7 +97,7 @@ def test_bad_inputs_are_refused(name, images, numbers, message, files):
 
 @pytest.mark.parametrize("name", ["LiteRT fp32", "ONNX Runtime int8"])
 def test_empty_and_large_batches(name, files, mnist, saved_model_answers):
-    from keras_adder.runtimes import MAX_BATCH, load_runtime_model
+    from keras_adder.serving.runtimes import MAX_BATCH, load_runtime_model
 
     model = load_runtime_model(files[name])
     empty = model.predict(np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int32))
@@ -122,7 +122,7 @@ def test_files_get_the_usual_permissions(files, tmp_path):
 
 
 def test_failed_export_leaves_nothing(trained_model, mnist, tmp_path, monkeypatch):
-    from keras_adder import runtimes
+    from keras_adder.serving import runtimes
 
     _, (test_images, _) = mnist
     target = tmp_path / "model.tflite"
@@ -145,7 +145,7 @@ def test_failed_export_leaves_nothing(trained_model, mnist, tmp_path, monkeypatc
 
 
 def test_export_arguments_are_checked(trained_model, tmp_path):
-    from keras_adder.runtimes import export_litert, export_onnx
+    from keras_adder.serving.runtimes import export_litert, export_onnx
 
     images = np.zeros((4, 28, 28), np.uint8)
     with pytest.raises(KerasAdderError, match="needs calibration"):
@@ -159,7 +159,7 @@ def test_export_arguments_are_checked(trained_model, tmp_path):
 
 
 def test_unreadable_files_are_refused(tmp_path):
-    from keras_adder.runtimes import load_runtime_model
+    from keras_adder.serving.runtimes import load_runtime_model
 
     with pytest.raises(KerasAdderError, match="not a .tflite or .onnx file"):
         load_runtime_model(tmp_path / "model.pb")
@@ -174,7 +174,7 @@ def test_unreadable_files_are_refused(tmp_path):
 def test_flops_are_counted_from_the_layers():
     import keras
 
-    from keras_adder.runtimes import model_flops_per_image
+    from keras_adder.measurements.peak import model_flops_per_image
 
     image = keras.Input((6, 6, 1))
     x = keras.layers.Conv2D(4, 3, padding="same")(image)  # 36 outputs x 4 x 9 MACs
@@ -186,7 +186,7 @@ def test_flops_are_counted_from_the_layers():
 
 
 def test_speed_table(trained_model, trained_run, files, mnist):
-    from keras_adder.runtimes import format_speed_table, serving_speed_table
+    from keras_adder.measurements.latency import format_speed_table, serving_speed_table
 
     _, (test_images, _) = mnist
     paths = {"SavedModel fp32": trained_run["export_path"], **files}
@@ -204,7 +204,7 @@ def test_speed_table(trained_model, trained_run, files, mnist):
 def test_training_can_also_write_the_runtime_files(tmp_path, data_dir, capsys):
     import json
 
-    from keras_adder.runtimes import load_runtime_model
+    from keras_adder.serving.runtimes import load_runtime_model
     from keras_adder.train import main as train_main
 
     run_dir = tmp_path / "run"

@@ -10,11 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from keras_adder import export, predict, saved_model
+from keras_adder import export, predict
 from keras_adder.cli import run
-from keras_adder.errors import KerasAdderError
-from keras_adder.data import model_inputs
-from keras_adder.rest import rest_response, tensors_from_rest_body
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.pipeline import model_inputs
+from keras_adder.serving import saved_model
+from keras_adder.serving.rest import rest_response, tensors_from_rest_body
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "saved_models" / "examples"
@@ -164,7 +165,7 @@ def test_example_bodies_are_what_write_examples_makes(mnist, tmp_path, capsys):
 
 
 def test_models_config_serves_the_default_export_dir():
-    from keras_adder.constants import DEFAULT_EXPORT_DIR as EXPORT_DIR
+    from keras_adder.core.constants import DEFAULT_EXPORT_DIR as EXPORT_DIR
 
     config = (REPO / "saved_models" / "models.config").read_text()
     assert 'name: "keras_adder"' in config

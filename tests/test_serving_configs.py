@@ -4,12 +4,16 @@ them: text protobuf into TF Serving's own config messages."""
 from pathlib import Path
 
 import pytest
-
-from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
-from google.protobuf import wrappers_pb2
+from google.protobuf import (
+    descriptor_pb2,
+    descriptor_pool,
+    message_factory,
+    text_format,
+    wrappers_pb2,
+)
 from tensorflow_serving.config import model_server_config_pb2
 
-from keras_adder.constants import MAX_SERVING_BATCH
+from keras_adder.core.constants import MAX_SERVING_BATCH
 
 REPO = Path(__file__).resolve().parents[1]
 SAVED_MODELS = REPO / "saved_models"
@@ -61,7 +65,7 @@ def parse_model_server_config(name):
 
 def default_base_path():
     """Where TF Serving finds the default export dir, saved_models/ being mounted at /models."""
-    from keras_adder.constants import DEFAULT_EXPORT_DIR as EXPORT_DIR
+    from keras_adder.core.constants import DEFAULT_EXPORT_DIR as EXPORT_DIR
 
     assert Path(EXPORT_DIR).parent == Path("saved_models")
     return f"/models/{Path(EXPORT_DIR).name}"

@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from keras_adder import saved_model
-from keras_adder.constants import MAX_SERVING_BATCH, SIGNATURE
+from keras_adder.core.constants import MAX_SERVING_BATCH, SIGNATURE
+from keras_adder.serving import saved_model
 
 THREADS = 8
 WARM_UP_S = 4

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_adder.data import model_inputs
+from keras_adder.data.pipeline import model_inputs
 
 
 def test_short_training_reaches_98_percent_on_both_heads(trained_run):
@@ -35,8 +35,9 @@ def test_run_directory_holds_what_was_promised(trained_run):
 
 def test_finished_run_is_not_trained_again(trained_run, tmp_path, capsys):
     from conftest import SHORT_EPOCHS
-    from keras_adder.recipe import Recipe
-    from keras_adder.training import train
+
+    from keras_adder.core.recipe import Recipe
+    from keras_adder.fitting.keras_path import train
 
     run_dir = tmp_path / "run"
     shutil.copytree(Path(trained_run["keras_path"]).parent, run_dir)  # never the fixture's
@@ -88,8 +89,8 @@ def test_a_one_epoch_run_ends_with_the_rate_decayed(data_dir, tmp_path):
     """
     import keras
 
-    from keras_adder.recipe import Recipe
-    from keras_adder.training import train
+    from keras_adder.core.recipe import Recipe
+    from keras_adder.fitting.keras_path import train
 
     recipe = Recipe(epochs=1, seed=1)
     metrics = train(recipe, data_dir=data_dir, run_dir=tmp_path / "run",

@@ -10,9 +10,13 @@ import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.constants import SIGNATURE
-from keras_adder.warmup import MAX_WARMUP_RECORDS, WARMUP_FILE, write_warmup_requests
+from keras_adder.core.constants import SIGNATURE
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.serving.warmup import (
+    MAX_WARMUP_RECORDS,
+    WARMUP_FILE,
+    write_warmup_requests,
+)
 
 
 def read_requests(path):

@@ -8,7 +8,7 @@ NUM_DIGITS = 10  # digit classes; the number input is also 0-9
 NUM_SUMS = 19  # sums 0-18
 IMAGE_SIZE = 28  # MNIST images are 28x28 grayscale, 0 = background
 ARCHITECTURES = ("compact", "reference")
-STRATEGIES = ("auto", "mirrored", "multiworker")  # see distribution.choose_strategy
+STRATEGIES = ("auto", "mirrored", "multiworker")  # see fitting.distribution.choose_strategy
 
 DATA_ENV_VAR = "KERAS_ADDER_DATA"
 TRAIN_SIZE = 60_000
@@ -25,7 +25,7 @@ MAX_SERVING_BATCH = 1024
 EVALUATION_SPLITS = ("test", "validation")
 EVALUATION_DIR = "runs/evaluation"
 EVALUATION_BATCH = 4096  # pairs per call of a .keras model (a SavedModel takes at most MAX_SERVING_BATCH)
-PROMOTION_POLICIES = ("better", "always")  # see promotion.decide
+PROMOTION_POLICIES = ("better", "always")  # see serving.promotion.decide
 
 # Files beside the SavedModel, and the optional packages (requirements-export.txt) each
 # needs: checked before training, so a missing one fails in a second, not after an hour.

@@ -21,7 +21,7 @@ int32 numbers, exactly what TF Serving would get); a `.keras` file through
     seconds                   how long the predictions took
 
 and the pictures confusion_digit.png, confusion_sum.png, predictions.png and
-misclassified.png (see keras_adder.plots).
+misclassified.png (see keras_adder.reports.plots).
 """
 
 import time
@@ -31,18 +31,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder import plots
-from keras_adder.constants import (
-    EVALUATION_BATCH, EVALUATION_DIR, EVALUATION_SPLITS, MAX_SERVING_BATCH, NUM_DIGITS, NUM_SUMS,
+from keras_adder.core.constants import (
+    EVALUATION_BATCH,
+    EVALUATION_DIR,
+    EVALUATION_SPLITS,
+    MAX_SERVING_BATCH,
+    NUM_DIGITS,
+    NUM_SUMS,
 )
-from keras_adder.data import (
-    eval_dataset, load_mnist, model_inputs, paired_numbers, split_validation,
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import make_dir, write_json
+from keras_adder.data.pipeline import (
+    eval_dataset,
+    load_mnist,
+    model_inputs,
+    paired_numbers,
+    split_validation,
 )
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import make_dir, write_json
-from keras_adder.model import load_keras_model
-from keras_adder.runtimes import FORMATS, load_runtime_model
-from keras_adder.saved_model import load_saved_model, run_signature
+from keras_adder.reports import plots
+from keras_adder.serving.formats import load_model
 
 EVALUATION_FILE = "evaluation.json"
 GRID_SIZE = 32
@@ -104,22 +111,11 @@ def call_predictor(call):
 
 
 def load_predictor(path):
-    """(predict, kind, resolved path) for a .keras file ("keras"), a .tflite or .onnx
-    file ("litert", "onnx"), or a SavedModel folder or base path of numbered versions,
-    whose highest version is used ("saved_model")."""
-    path = Path(path)
-    if not path.exists():
-        raise KerasAdderError(f"model {path} does not exist")
-    if path.is_file() and path.suffix in FORMATS:
-        runtime = load_runtime_model(path)
-        return call_predictor(runtime.predict), runtime.kind, path
-    if path.is_file() and path.suffix != ".keras":
-        raise KerasAdderError(f"model {path} is a file but not a .keras, .tflite or .onnx model")
-    if path.is_file():
-        return keras_predictor(load_keras_model(path)), "keras", path
-    path, serve = load_saved_model(path)
-    return call_predictor(lambda images, numbers: run_signature(serve, images, numbers)), \
-        "saved_model", path
+    """(predict, kind, resolved path) for any model format (serving.formats.load_model)."""
+    loaded = load_model(path)
+    if loaded.keras_model is not None:  # model.predict over tf.data: bigger batches
+        return keras_predictor(loaded.keras_model), loaded.kind, loaded.path
+    return call_predictor(loaded.call), loaded.kind, loaded.path
 
 
 def exhaustive_pairs(count):

@@ -1,6 +1,6 @@
 """MNIST and the tf.data pipelines that pair each image with a number.
 
-The IDX files are read by `keras_adder.idx` (no TensorFlow there). Every example the
+The IDX files are read by `keras_adder.data.idx` (no TensorFlow there). Every example the
 model sees is
 
     ({"image": float32 [28, 28, 1] in [0, 1], "number": float32 one-hot [10]},
@@ -18,9 +18,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder.constants import DATA_ENV_VAR, NUM_DIGITS, VALIDATION_SIZE
-from keras_adder.errors import KerasAdderError
-from keras_adder.idx import load_mnist_dir
+from keras_adder.core.constants import DATA_ENV_VAR, NUM_DIGITS, VALIDATION_SIZE
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.idx import load_mnist_dir
 
 # Separate streams of the stateless RNG, so that e.g. the test numbers do not depend
 # on how many epochs were trained.

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import keras
 
-from keras_adder import signals
+from keras_adder.core import signals
 
 
 class EpochSeededDropout(keras.callbacks.Callback):

@@ -15,14 +15,23 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder.data import load_mnist, split_validation, steps_per_epoch, train_dataset
-from keras_adder.evaluation import evaluate_on_test
-from keras_adder.files import write_json
-from keras_adder.model import build_model, compile_model
-from keras_adder.recipe import RECIPES, Recipe, make_recipe
-from keras_adder.runtimes import (durations, export_runtime_files,
-                                  matmul_gflops, model_flops_per_image, serving_speed_table)
-from keras_adder.saved_model import export_saved_model
+from keras_adder.core.files import write_json
+from keras_adder.core.recipe import RECIPES, Recipe, make_recipe
+from keras_adder.data.pipeline import (
+    load_mnist,
+    split_validation,
+    steps_per_epoch,
+    train_dataset,
+)
+from keras_adder.measurements.latency import export_runtime_files, serving_speed_table
+from keras_adder.measurements.peak import (
+    durations,
+    matmul_gflops,
+    model_flops_per_image,
+)
+from keras_adder.model.architectures import build_model, compile_model
+from keras_adder.reports.exhaustive import evaluate_on_test
+from keras_adder.serving.saved_model import export_saved_model
 
 # Each recipe's goal on both heads of the test set: the fast recipe is for quick
 # trials, the default for the best final model.

@@ -13,11 +13,15 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_adder.constants import PROMOTION_POLICIES
-from keras_adder.data import VALIDATION_STREAM, paired_numbers
-from keras_adder.errors import KerasAdderError
-from keras_adder.saved_model import (
-    claim_staging, existing_versions, export_saved_model, free_version, load_saved_model,
+from keras_adder.core.constants import PROMOTION_POLICIES
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.pipeline import VALIDATION_STREAM, paired_numbers
+from keras_adder.serving.saved_model import (
+    claim_staging,
+    existing_versions,
+    export_saved_model,
+    free_version,
+    load_saved_model,
     run_signature,
 )
 

@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import write_atomically
-from keras_adder.constants import NUM_DIGITS, SIGNATURE
+from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, SIGNATURE
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import write_atomically
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 # TF Serving refuses to load a version whose warm-up file has more records.
@@ -28,7 +28,7 @@ MAX_WARMUP_RECORDS = 1000
 def _checked_arrays(images, numbers):
     """`images` as uint8 [n, 28, 28] and `numbers` as int32 [n], or a KerasAdderError."""
     images, numbers = np.asarray(images), np.asarray(numbers)
-    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise KerasAdderError(
             f"warm-up images must be uint8 [n, 28, 28], got {images.dtype} {list(images.shape)}"
         )

@@ -1,8 +1,7 @@
 """Make keras 3.15.1's `model.fit` work under `tf.distribute.MultiWorkerMirroredStrategy`.
 
 With tensorflow 2.21.0 / keras 3.15.1 and two CPU workers, `model.fit` under
-MultiWorkerMirroredStrategy fails at two points of keras/src/backend/tensorflow/trainer.py
-(still unfixed in keras' main branch when this was written):
+MultiWorkerMirroredStrategy fails at two points of keras/src/backend/tensorflow/trainer.py:
 
 1. `TensorFlowTrainer._maybe_symbolic_build` hands the whole nested data batch to
    `strategy.reduce`, which accepts a single value, not a nest:
@@ -24,7 +23,7 @@ import tensorflow as tf
 from keras.src import tree
 from keras.src.backend.tensorflow import trainer
 
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.errors import KerasAdderError
 
 TESTED_KERAS_VERSIONS = ("3.15.1",)
 

@@ -25,10 +25,12 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from numpy.lib import format as npy
+from PIL import ExifTags, Image, UnidentifiedImageError
 
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.constants import IMAGE_SIZE
+from keras_adder.core.errors import KerasAdderError
 
-MNIST_SIDE = 28
 MNIST_BOX = 20  # the digit's longer side, in pixels
 MNIST_CENTRE = 14.0  # row and column of the centre of mass (0-based pixel indices)
 # Median stroke width of the MNIST test digits (2 x area / perimeter of the pixels
@@ -50,9 +52,8 @@ WORK_SIDE = 512
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 MAX_NPY_IMAGES = 60_000  # all of MNIST's training images; ~47 MB as uint8
 
-# predict flags an answer whose probability is below this as unsure. Measured with a
-# 3-epoch model (99.26 % on MNIST's test set): 2.2 % of the test answers fall below it,
-# a quarter of those are wrong, and they hold 77 % of all its mistakes.
+# predict flags an answer whose probability is below this as unsure: few right answers
+# fall below it, and most mistakes do (docs/evaluation.md has the shares).
 UNSURE_BELOW = 0.9
 
 # Ink: what stands out from the paper by more than NOISE_SIGMAS times the paper's own
@@ -100,7 +101,6 @@ def load_image(path):
     images are scaled to 0-255 (not clipped). Every problem is a KerasAdderError that
     names the file.
     """
-    from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
     _check_file(path)
@@ -133,7 +133,6 @@ _UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRA
 
 def _upright_gray(image):
     """An opened Pillow image → float32 grey levels, reduced and upright."""
-    from PIL import ExifTags, Image
 
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     # A JPEG can be decoded at 1/2 to 1/8 scale: a big photo never exists in full.
@@ -147,7 +146,6 @@ def _upright_gray(image):
 
 def _gray_image(image):
     """Any Pillow mode → an 'L' or 'F' image: transparent = white, 16/32-bit scaled."""
-    from PIL import Image
 
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         values = np.asarray(image, np.float64)
@@ -170,7 +168,6 @@ def load_npy(path):
     dtype, the file's length) before any array is allocated, so a hostile header costs
     nothing; the data are then read and converted in chunks.
     """
-    from numpy.lib import format as npy
 
     path = Path(path)
     _check_file(path)
@@ -194,7 +191,7 @@ def _npy_image_count(path, shape, dtype):
                               "(object and structured arrays are refused)")
     if dtype.kind not in "uif":
         raise KerasAdderError(f"{path}: array dtype {dtype} is not numeric")
-    if len(shape) not in (2, 3) or tuple(shape[-2:]) != (MNIST_SIDE, MNIST_SIDE):
+    if len(shape) not in (2, 3) or tuple(shape[-2:]) != (IMAGE_SIZE, IMAGE_SIZE):
         raise KerasAdderError(f"{path}: array shape {tuple(shape)} is not [28, 28] or "
                               "[N, 28, 28]")
     count = shape[0] if len(shape) == 3 else 1
@@ -205,7 +202,7 @@ def _npy_image_count(path, shape, dtype):
 
 
 def _read_npy_images(path, file, count, dtype, fortran_order):
-    pixels = MNIST_SIDE * MNIST_SIDE
+    pixels = IMAGE_SIZE * IMAGE_SIZE
     expected = count * pixels * dtype.itemsize
     present = path.stat().st_size - file.tell()
     if present != expected:
@@ -214,11 +211,11 @@ def _read_npy_images(path, file, count, dtype, fortran_order):
                               f"promises {expected:,})")
     # Fortran order interleaves the images: only a whole read can untangle it.
     chunk = count if fortran_order else 4096
-    images = np.empty((count, MNIST_SIDE, MNIST_SIDE), np.uint8)
+    images = np.empty((count, IMAGE_SIZE, IMAGE_SIZE), np.uint8)
     for start in range(0, count, chunk):
         rows = min(chunk, count - start)
         values = np.frombuffer(file.read(rows * pixels * dtype.itemsize), dtype)
-        values = values.reshape((rows, MNIST_SIDE, MNIST_SIDE),
+        values = values.reshape((rows, IMAGE_SIZE, IMAGE_SIZE),
                                 order="F" if fortran_order else "C")
         if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0
                                 and values.max() <= 255):
@@ -250,13 +247,13 @@ def prepare_digit(gray, prepare=None):
     marks = _marks(ink, noise)
     digits = 0 if marks is None else marks[1]
     if not prepare:
-        if gray.shape != (MNIST_SIDE, MNIST_SIDE):
+        if gray.shape != (IMAGE_SIZE, IMAGE_SIZE):
             raise KerasAdderError(f"a {gray.shape[0]}x{gray.shape[1]} image cannot be used "
                                   "unprepared: only 28x28 ones in MNIST's convention")
         image = np.clip(np.rint(gray), 0, 255).astype(np.uint8)
         return Prepared(image, False, False, marks is None, digits)
     if marks is None:
-        return Prepared(np.zeros((MNIST_SIDE, MNIST_SIDE), np.uint8), True, inverted, True, 0)
+        return Prepared(np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.uint8), True, inverted, True, 0)
     return Prepared(_mnist_image(ink, marks[0]), True, inverted, False, digits)
 
 
@@ -266,7 +263,7 @@ def looks_like_mnist(gray):
     Every MNIST test image passes (their border is dark: outer 2-pixel ring's mean at
     most 8.3 of 255)."""
     gray = np.asarray(gray, np.float64)
-    if gray.shape != (MNIST_SIDE, MNIST_SIDE) or gray.max() < 128:
+    if gray.shape != (IMAGE_SIZE, IMAGE_SIZE) or gray.max() < 128:
         return False
     ring = np.ones(gray.shape, bool)
     ring[2:-2, 2:-2] = False
@@ -537,9 +534,8 @@ def _grey_dilate(image, radius):
 def _fit_box(crop):
     """Scale (aspect ratio kept) so that the longer side is MNIST_BOX pixels, with
     Lanczos: anti-aliased when reducing, and when enlarging a coarse scan (8x8 cells)
-    it keeps the strokes' shapes far better than bilinear (81 % → 92 % read on
-    scikit-learn's digits with a 3-epoch model); its ringing is clipped."""
-    from PIL import Image
+    it keeps the strokes' shapes where bilinear blurs them into blobs; its ringing is
+    clipped."""
 
     height, width = crop.shape
     scale = MNIST_BOX / max(height, width)
@@ -553,10 +549,10 @@ def _centred(box):
     """Paste the box into 28x28, moved by whole pixels (as MNIST was) so that its centre
     of mass is nearest to (14, 14); a digit whose mass is far off its box's middle is
     stopped at the edge rather than cut."""
-    image = np.zeros((MNIST_SIDE, MNIST_SIDE), np.float32)
+    image = np.zeros((IMAGE_SIZE, IMAGE_SIZE), np.float32)
     height, width = box.shape
     com = _centre_of_mass(box)
-    top = int(np.clip(np.floor(MNIST_CENTRE - com[0] + 0.5), 0, MNIST_SIDE - height))
-    left = int(np.clip(np.floor(MNIST_CENTRE - com[1] + 0.5), 0, MNIST_SIDE - width))
+    top = int(np.clip(np.floor(MNIST_CENTRE - com[0] + 0.5), 0, IMAGE_SIZE - height))
+    left = int(np.clip(np.floor(MNIST_CENTRE - com[1] + 0.5), 0, IMAGE_SIZE - width))
     image[top:top + height, left:left + width] = box
     return np.rint(image * 255).astype(np.uint8)

@@ -20,8 +20,8 @@ import os
 import shutil
 from pathlib import Path
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import make_dir, read_json, write_json
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import make_dir, read_json, write_json
 
 # What keras.callbacks.BackupAndRestore writes into its folder.
 BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",

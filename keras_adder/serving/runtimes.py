@@ -1,4 +1,4 @@
-"""LiteRT (.tflite) and ONNX (.onnx) exports, their readers, and serving speed by runtime.
+"""LiteRT (.tflite) and ONNX (.onnx) exports and their readers.
 
 Both files take the SavedModel signature's raw inputs and give its four outputs:
 
@@ -8,7 +8,7 @@ Both files take the SavedModel signature's raw inputs and give its four outputs:
              digit_probabilities float32 [N, 10], sum_probabilities float32 [N, 19]
 
 The preprocessing (image / 255, one-hot number) is inside the file, the same code as
-the SavedModel's (`keras_adder.data.model_inputs`).
+the SavedModel's (`keras_adder.data.pipeline.model_inputs`).
 
 Neither format has the signature's in-graph checks (no Assert op): a number of 10
 one-hot encodes to zeros and gets an answer without any error (both runtimes), a
@@ -18,6 +18,9 @@ So the checks live in the reader: `load_runtime_model(path).predict(images, numb
 refuses a number outside 0-9, a wrong shape or dtype and a batch mismatch with a
 KerasAdderError, answers an empty batch with empty outputs, and feeds the runtime at
 most MAX_BATCH pairs at a time. Any other client must check the same before calling.
+
+The runtimes' own packages (requirements-export.txt) are imported where they are used, so
+that the module, and every command that imports it, works without them.
 
 Each file is written under a hidden temporary name in its folder, loaded back, checked
 against the Keras model on real images, and only then renamed: on any failure or
@@ -37,18 +40,18 @@ in int8; the two small heads stay float, so argmax compares float probabilities:
 import os
 import secrets
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder import startup
-from keras_adder.errors import KerasAdderError
-from keras_adder.constants import NUM_DIGITS, NUM_SUMS
-from keras_adder.data import model_inputs
-from keras_adder.saved_model import load_saved_model, named_outputs, run_signature
+from keras_adder.core import startup
+from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, NUM_SUMS
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.pipeline import model_inputs
+from keras_adder.serving.saved_model import named_outputs
 
 FORMATS = {".tflite": "litert", ".onnx": "onnx"}
 QUANTIZATIONS = (None, "int8")
@@ -57,17 +60,17 @@ MAX_BATCH = 1024  # pairs per runtime call: bounds the runtime's activation memo
 LITERT_THREADS = 2
 ONNX_OPSET = 17
 # Quantized, the heads' softmax has 1/256 steps, and argmax breaks their ties by
-# index; with an int8 ONE_HOT (its on/off values and its output got different
-# scales) LiteRT's sum head agreed with Keras on 13 % of pairs.
+# index; an int8 ONE_HOT gives its on/off values and its output different scales, which
+# wrecks the sum head (docs/runtimes.md), so the heads stay float.
 LITERT_FLOAT_OPS = ["ONE_HOT", "FULLY_CONNECTED", "LOG_SOFTMAX", "SOFTMAX", "MUL",
                     "CONCATENATION", "RESHAPE", "ARG_MAX"]
 ONNX_INT8_OPS = ["Conv", "MaxPool"]
 CALIBRATION_IMAGES = 1024
 CALIBRATION_BATCH = 32
 # The post-export check. fp32 files compute the same function in another order of
-# float operations; int8 ones round weights and activations to 256 levels, which
-# moved probabilities by up to 0.04 (LiteRT) and 0.12 (ONNX) in 2,000 test pairs, and
-# flips near-ties. A broken quantization is off by ~1.
+# float operations; int8 ones round weights and activations to 256 levels, which moves
+# probabilities by a few hundredths and flips near-ties (docs/runtimes.md has the
+# measured spread). A broken quantization is off by ~1.
 FP32_TOLERANCE = 1e-4  # max |probability - Keras probability|
 INT8_TOLERANCE = 0.25
 INT8_MIN_AGREEMENT = 0.95  # share of check pairs whose classes match Keras's
@@ -82,7 +85,7 @@ def raw_serving_function(model):
 
     @tf.function(
         input_signature=[
-            tf.TensorSpec([None, 28, 28], tf.uint8, name="image"),
+            tf.TensorSpec([None, IMAGE_SIZE, IMAGE_SIZE], tf.uint8, name="image"),
             tf.TensorSpec([None], tf.int32, name="number"),
         ]
     )
@@ -99,7 +102,7 @@ def calibration_pairs(images, count=CALIBRATION_IMAGES, batch=CALIBRATION_BATCH)
     `count` of `images` (pass TRAINING images), numbers cycling through 0-9 so that
     every number's one-hot reaches the sum head."""
     images = np.asarray(images[:count], np.uint8)
-    if images.ndim != 3 or images.shape[1:] != (28, 28) or not len(images):
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE) or not len(images):
         raise KerasAdderError("int8 calibration needs training images, uint8 [N, 28, 28]")
     numbers = np.arange(len(images), dtype=np.int32) % NUM_DIGITS
     return [(images[i:i + batch], numbers[i:i + batch]) for i in range(0, len(images), batch)]
@@ -114,8 +117,6 @@ def _litert_bytes(model, quantize, calibration_images):
 
 
 def _convert_to_litert(model, quantize, calibration_images):
-    import keras
-
     # Through a SavedModel, as Keras' own LiteRT export does: converting the
     # tf.function directly keeps the Keras 3 variables as resource reads, which
     # LiteRT answers with NaN (or fails on without its default delegate).
@@ -269,7 +270,7 @@ def check_pairs(images, numbers):
     """The reader's validation, which the files cannot do: (uint8 images, int32
     numbers) or a KerasAdderError naming the problem."""
     images, numbers = np.asarray(images), np.asarray(numbers)
-    if images.ndim != 3 or images.shape[1:] != (28, 28):
+    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
         raise KerasAdderError(f"images must have shape [N, 28, 28], got {list(images.shape)}")
     if numbers.ndim != 1:
         raise KerasAdderError(f"numbers must have shape [N], got {list(numbers.shape)}")
@@ -320,7 +321,7 @@ def _litert_runner(path):
     with startup.quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
         interpreter = Interpreter(model_path=str(path), num_threads=LITERT_THREADS)
         runner = interpreter.get_signature_runner()
-        runner(image=np.zeros((1, 28, 28), np.uint8), number=np.zeros(1, np.int32))
+        runner(image=np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8), number=np.zeros(1, np.int32))
 
     def run(images, numbers):
         # The runner resizes the inputs only when the batch size changes.
@@ -359,158 +360,3 @@ def load_runtime_model(path):
     except Exception as error:
         raise KerasAdderError(f"{path}: not a readable {kind} model ({error})") from None
     return RuntimeModel(path, kind, run)
-
-
-# --- Speed -----------------------------------------------------------------------------
-
-
-def _leaf_layers(model):
-    for layer in model.layers:
-        if hasattr(layer, "layers"):  # a nested model
-            yield from _leaf_layers(layer)
-        else:
-            yield layer
-
-
-def model_flops_per_image(model):
-    """FLOPs of one (image, number) pair: 2 x the multiply-adds of every Conv2D and
-    Dense layer. Pooling, BatchNorm, activations and softmax are elementwise and left
-    out (under 2 % of the compact model's work)."""
-    import keras
-
-    flops = 0
-    for layer in _leaf_layers(model):
-        if isinstance(layer, (keras.layers.Conv2D, keras.layers.Dense)):
-            # Each output value costs one multiply-add per kernel entry feeding it;
-            # the kernel's last axis is the output channels.
-            outputs = int(np.prod(layer.output.shape[1:]))
-            flops += 2 * outputs * int(np.prod(layer.kernel.shape[:-1]))
-    return flops
-
-
-def matmul_gflops(size=1024, calls=16):
-    """One timing of TensorFlow's fp32 matmul: GFLOP/s of `calls` products of two
-    [size, size] matrices (2 size^3 FLOPs each)."""
-    a = tf.random.stateless_normal([size, size], seed=[1, 2])
-    b = tf.random.stateless_normal([size, size], seed=[3, 4])
-    start = time.perf_counter()
-    for _ in range(calls):
-        tf.linalg.matmul(a, b).numpy()
-    return 2 * size ** 3 * calls / (time.perf_counter() - start) / 1e9
-
-
-def durations(call, count):
-    """Wall seconds of `count` calls of `call`, one by one."""
-    seconds = []
-    for _ in range(count):
-        start = time.perf_counter()
-        call()
-        seconds.append(time.perf_counter() - start)
-    return seconds
-
-
-def measure_serving(predictors, images, *, rounds=5, latency_calls=200, big_batch=1024,
-                    big_calls=5, warmup=20):
-    """Batch-1 latency and batch-`big_batch` throughput of each predictor, plus the
-    fp32 matmul peak, measured in the same rounds.
-
-    `predictors` maps a name to `predict(images uint8 [N, 28, 28], numbers int32 [N])`
-    (numpy in; e.g. a SavedModel signature behind a small adapter, or a RuntimeModel).
-    Each round times every predictor and the matmul one after the other, so a busy
-    machine slows them alike; the figures are medians over the rounds (p50/p99 over
-    all batch-1 calls). Returns {name: {batch1_p50_ms, batch1_p99_ms,
-    batch_images_per_s}, "matmul_gflops": float, "big_batch": big_batch}.
-    """
-    one = (np.asarray(images[:1], np.uint8), np.array([3], np.int32))
-    big = (np.asarray(images[:big_batch], np.uint8),
-           np.arange(big_batch, dtype=np.int32) % NUM_DIGITS)
-    for predict in predictors.values():
-        for _ in range(warmup):
-            predict(*one)
-        predict(*big)
-    latencies = {name: [] for name in predictors}
-    rates = {name: [] for name in predictors}
-    peaks = []
-    for _ in range(rounds):
-        peaks.append(matmul_gflops())
-        for name, predict in predictors.items():
-            latencies[name] += [1000 * s for s in durations(lambda: predict(*one), latency_calls)]
-            rates[name].append(big_batch * big_calls
-                               / sum(durations(lambda: predict(*big), big_calls)))
-    results = {
-        name: {"batch1_p50_ms": float(np.percentile(latencies[name], 50)),
-               "batch1_p99_ms": float(np.percentile(latencies[name], 99)),
-               "batch_images_per_s": float(np.median(rates[name]))}
-        for name in predictors
-    }
-    results["matmul_gflops"] = float(np.median(peaks))
-    results["big_batch"] = big_batch
-    return results
-
-
-def saved_model_predictor(path):
-    """predict(images, numbers) → dict of numpy arrays through a SavedModel's
-    serving_default signature: the same contract as RuntimeModel.predict, so the
-    SavedModel is timed the way the other runtimes are."""
-    _, serve = load_saved_model(path)
-    return lambda images, numbers: run_signature(serve, images, numbers)
-
-
-def export_runtime_files(model, directory, *, check_images, calibration_images):
-    """The LiteRT and ONNX files, fp32 and int8, of one model under `directory`:
-    {"LiteRT fp32": path, "LiteRT int8": ..., "ONNX Runtime fp32": ..., ...}."""
-    paths = {}
-    for kind, export, suffix in (("LiteRT", export_litert, ".tflite"),
-                                 ("ONNX Runtime", export_onnx, ".onnx")):
-        for quantize in QUANTIZATIONS:
-            precision = quantize or "fp32"
-            paths[f"{kind} {precision}"] = export(
-                model, Path(directory) / f"keras_adder-{precision}{suffix}",
-                check_images=check_images, quantize=quantize,
-                calibration_images=calibration_images)
-    return paths
-
-
-def serving_speed_table(model, paths, images, **timing):
-    """Serving speed of each exported artifact of `model` ({name: path}: SavedModel
-    folders and the files of export_runtime_files) against the fp32 cap measured in
-    the same run.
-
-    The cap is the images/s the machine's fp32 matmul peak allows at the model's
-    FLOPs per image; each runtime's batch throughput is given as a fraction of it,
-    and as a multiple of the first (SavedModel) entry's, and so is its batch-1 rate
-    (1 / p50 latency). `timing` goes to measure_serving.
-    """
-    predictors = {name: (saved_model_predictor(path) if Path(path).is_dir()
-                         else load_runtime_model(path).predict)
-                  for name, path in paths.items()}
-    measured = measure_serving(predictors, images, **timing)
-    peak, big_batch = measured.pop("matmul_gflops"), measured.pop("big_batch")
-    flops = model_flops_per_image(model)
-    cap = peak * 1e9 / flops
-    first = next(iter(measured.values()))["batch_images_per_s"]
-    for figures in measured.values():
-        rate = figures["batch_images_per_s"]
-        figures.update(gflops=rate * flops / 1e9, fraction_of_cap=rate / cap,
-                       times_first=rate / first,
-                       batch1_fraction_of_cap=1000 / figures["batch1_p50_ms"] / cap)
-    return {"flops_per_image": flops, "matmul_gflops": peak, "fp32_cap_images_per_s": cap,
-            "big_batch": big_batch, "runtimes": measured}
-
-
-def format_speed_table(table):
-    """The serving table as Markdown lines."""
-    lines = [f"model: {table['flops_per_image'] / 1e6:.2f} MFLOP/image; fp32 matmul peak "
-             f"{table['matmul_gflops']:.0f} GFLOP/s; fp32 cap (peak / FLOPs per image) "
-             f"{table['fp32_cap_images_per_s']:,.0f} images/s",
-             "| runtime | batch-1 p50 | batch-1 p99 | batch-1 of fp32 cap "
-             f"| batch-{table['big_batch']} images/s | GFLOP/s | of fp32 cap "
-             "| x first |", "|---|---|---|---|---|---|---|---|"]
-    for name, figures in table["runtimes"].items():
-        lines.append(f"| {name} | {figures['batch1_p50_ms']:.2f} ms | "
-                     f"{figures['batch1_p99_ms']:.2f} ms | "
-                     f"{figures['batch1_fraction_of_cap']:.1%} | "
-                     f"{figures['batch_images_per_s']:,.0f} | "
-                     f"{figures['gflops']:.0f} | {figures['fraction_of_cap']:.0%} | "
-                     f"{figures['times_first']:.2f}x |")
-    return lines

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_adder.constants import IMAGE_SIZE, NUM_DIGITS, TEST_SIZE, TRAIN_SIZE
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, TEST_SIZE, TRAIN_SIZE
+from keras_adder.core.errors import KerasAdderError
 
 # The four files MNIST ships, with what their IDX headers must say.
 MNIST_FILES = {

@@ -11,9 +11,12 @@ import os
 import keras
 import tensorflow as tf
 
-from keras_adder.compat import is_multi_worker, patch_keras_for_multi_worker
-from keras_adder.constants import STRATEGIES
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.constants import STRATEGIES
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.fitting.multi_worker import (
+    is_multi_worker,
+    patch_keras_for_multi_worker,
+)
 
 
 def choose_strategy(name="auto", cpu_replicas=None):

@@ -1,7 +1,7 @@
 """The Keras path of the project, top to bottom: data -> model -> fit -> test -> export.
 
 `train()` is the one function to read. Resume, multi-worker agreement and run-directory
-bookkeeping sit behind small calls into `resume` and `distribution`.
+bookkeeping sit behind small calls into `run_directory` and `distribution`.
 """
 
 import time
@@ -9,17 +9,22 @@ from pathlib import Path
 
 import keras
 import tensorflow as tf
+
 # TF 2.21 exports only enable_op_determinism; its off switch lives here.
 from tensorflow.python.framework.config import disable_op_determinism
 
-from keras_adder import data, distribution, evaluation, promotion, runtimes, signals
-from keras_adder.callbacks import StopOnNaN, make_callbacks
-from keras_adder.constants import DEFAULT_EXPORT_DIR, TRAIN_SIZE, VALIDATION_SIZE
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import check_writable, read_json
-from keras_adder.model import build_model, compile_model
-from keras_adder.resume import RunDirectory, open_run
-from keras_adder.saved_model import free_version
+from keras_adder.core import signals
+from keras_adder.core.constants import DEFAULT_EXPORT_DIR, TRAIN_SIZE, VALIDATION_SIZE
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import check_writable, read_json
+from keras_adder.data import pipeline
+from keras_adder.fitting import distribution
+from keras_adder.fitting.callbacks import StopOnNaN, make_callbacks
+from keras_adder.fitting.run_directory import RunDirectory, open_run
+from keras_adder.model.architectures import build_model, compile_model
+from keras_adder.reports import exhaustive
+from keras_adder.serving import promotion, runtimes
+from keras_adder.serving.saved_model import free_version
 
 
 def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=DEFAULT_EXPORT_DIR,
@@ -40,15 +45,15 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
 
     # 1. Data: 5,000 training images held out for validation; every image zipped
     #    with a random number by the tf.data pipelines.
-    (train_images, train_labels), (test_images, test_labels) = data.load_mnist(data_dir)
-    (fit_images, fit_labels), (val_images, val_labels) = data.split_validation(
+    (train_images, train_labels), (test_images, test_labels) = pipeline.load_mnist(data_dir)
+    (fit_images, fit_labels), (val_images, val_labels) = pipeline.split_validation(
         train_images, train_labels)
     fit_images, fit_labels = fit_images[:recipe.train_examples], fit_labels[:recipe.train_examples]
-    steps = data.steps_per_epoch(len(fit_labels), recipe.batch_size)
-    train_batches = data.train_dataset(
+    steps = pipeline.steps_per_epoch(len(fit_labels), recipe.batch_size)
+    train_batches = pipeline.train_dataset(
         fit_images, fit_labels, batch_size=recipe.batch_size, seed=recipe.seed,
         epochs=recipe.epochs, start_epoch=start_epoch, augment=recipe.augment)
-    val_batches = data.validation_dataset(val_images, val_labels, batch_size=1024, seed=recipe.seed)
+    val_batches = pipeline.validation_dataset(val_images, val_labels, batch_size=1024, seed=recipe.seed)
 
     # 2. Model: the functional model, one sparse categorical cross-entropy per head.
     run.start(config)
@@ -69,13 +74,13 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
 
     # 4. Test the best epoch, export it, and serve it if it is at least as good.
     best = keras.saving.load_model(run.best_model)
-    test = evaluation.evaluate_on_test(best, test_images, test_labels, seed=recipe.seed)
+    test = exhaustive.evaluate_on_test(best, test_images, test_labels, seed=recipe.seed)
     export_path = _export(run, best, export_dir, export_version, promote, recipe.seed,
                           validation=(val_images, val_labels), check_images=test_images[:64],
                           formats=export_formats if distribution.is_chief(strategy) else ())
     if not distribution.is_chief(strategy):
         return _leave_as_worker(run, strategy)
-    evaluation.write_run_figures(run.path, best, test_images, test_labels, seed=recipe.seed)
+    exhaustive.write_run_figures(run.path, best, test_images, test_labels, seed=recipe.seed)
     metrics = {**config, **_run_facts(run, best, strategy, recipe, len(fit_labels)),
                "train_seconds": round(train_seconds, 1), "test": test,
                "export_path": export_path}

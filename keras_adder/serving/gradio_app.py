@@ -1,7 +1,7 @@
 """The browser demo: draw a digit (or upload a photo), pick a number, see the sum.
 
 The app calls an exported SavedModel's `serving_default` signature, as TF Serving would,
-and every picture goes through `images.load_digit`, the loader and MNIST-style
+and every picture goes through `pictures.load_digit`, the loader and MNIST-style
 preparation that `predict` uses, so the demo and the command answer alike for the same
 picture. It shows the 28x28 image the model saw, so a user sees why it answered so.
 
@@ -18,9 +18,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 
-from keras_adder import images, startup  # noqa: E402
-from keras_adder.constants import NUM_DIGITS  # noqa: E402
-from keras_adder.errors import KerasAdderError  # noqa: E402
+from keras_adder.core import startup  # noqa: E402
+from keras_adder.core.constants import NUM_DIGITS  # noqa: E402
+from keras_adder.core.errors import KerasAdderError  # noqa: E402
+from keras_adder.data import pictures  # noqa: E402
 
 CANVAS_SIDE = 280  # pixels: ten canvas pixels per MNIST pixel
 BRUSH_RADIUS = 9  # MNIST's strokes are ~2 of 28 pixels wide: ~20 of 280
@@ -49,7 +50,7 @@ def _picture_path(drawing, upload):
 def _prepare(path):
     """(uint8 [28, 28], None) or (None, a message for the page)."""
     try:
-        return images.load_digit(path).image, None
+        return pictures.load_digit(path).image, None
     except KerasAdderError as error:
         # The message names Gradio's temporary copy, which means nothing to the user.
         return None, str(error).removeprefix(f"{path}: ")
@@ -77,9 +78,9 @@ def answer(predict, drawing, upload, number):
     digit_bars = {str(i): float(p) for i, p in enumerate(outputs["digit_probabilities"][0])}
     sum_bars = {str(i): float(p) for i, p in enumerate(outputs["sum_probabilities"][0])}
     text = f"{digit} + {number} = {total}"
-    if images.is_unsure(min(digit_bars[str(digit)], sum_bars[str(total)])):
+    if pictures.is_unsure(min(digit_bars[str(digit)], sum_bars[str(total)])):
         text += (f"  (unsure: the model gives this answer less than "
-                 f"{images.UNSURE_BELOW:.0%} probability)")
+                 f"{pictures.UNSURE_BELOW:.0%} probability)")
     # Enlarged by repeating pixels, so the page shows exactly the model's input.
     shown = np.kron(image, np.ones((SHOWN_SCALE, SHOWN_SCALE), np.uint8))
     return text, digit_bars, sum_bars, shown
@@ -91,7 +92,7 @@ def build_app(model_path):
     models from a trusted source."""
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which startup has just imported quietly.
-    from keras_adder.saved_model import load_saved_model, run_signature
+    from keras_adder.serving.saved_model import load_saved_model, run_signature
 
     version_path, serve = load_saved_model(model_path)
 

@@ -10,8 +10,8 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from keras_adder.constants import ARCHITECTURES, TRAIN_SIZE, VALIDATION_SIZE
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.constants import ARCHITECTURES, TRAIN_SIZE, VALIDATION_SIZE
+from keras_adder.core.errors import KerasAdderError
 
 MAX_SEED = 2**32 - 1  # keras.utils.set_random_seed takes an unsigned 32-bit seed
 

@@ -5,7 +5,7 @@ import os
 import uuid
 from pathlib import Path
 
-from keras_adder.errors import KerasAdderError
+from keras_adder.core.errors import KerasAdderError
 
 
 def temporary_sibling(path, prefix="."):

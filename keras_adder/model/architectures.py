@@ -1,20 +1,16 @@
 """The two architectures, as Keras functional models with the same interface, and how
-they are compiled and loaded.
+they are compiled.
 
 Inputs:  "image"  float32 [N, 28, 28, 1] in [0, 1];  "number" float32 one-hot [N, 10].
 Outputs: "digit"  softmax [N, 10];                  "sum"    softmax [N, 19].
 """
 
-import zipfile
-from pathlib import Path
-
 import keras
 import numpy as np
 from keras import layers
 
-from keras_adder.constants import ARCHITECTURES, IMAGE_SIZE, NUM_DIGITS, NUM_SUMS
-from keras_adder.errors import KerasAdderError
-
+from keras_adder.core.constants import ARCHITECTURES, IMAGE_SIZE, NUM_DIGITS, NUM_SUMS
+from keras_adder.core.errors import KerasAdderError
 
 TABLE_LOGIT_SCALE = 10.0
 
@@ -68,9 +64,8 @@ def build_compact(dropout=0.1):
     Image trunk: five 3x3 convolutions, narrow at full resolution where they are
     expensive (and without BatchNorm there, see below), global average pooling, then a
     10-way softmax for the digit. Light dropout after each pooling and before the
-    digit layer: 0.1 lifted test accuracy from 99.51 % to 99.64 % in a 30-epoch run
-    (without it the network fits its augmented training set better than the
-    validation set).
+    digit layer, because without it the network fits its augmented training set better
+    than the validation set (the rate was chosen on validation: docs/performance.md).
 
     Sum head: a learned addition table. For each number n and digit d, a row
     T[n, d, :] of probabilities over the 19 sums (a softmax of 190 trained logits per
@@ -78,13 +73,11 @@ def build_compact(dropout=0.1):
     distribution carried through it, P(sum) = sum over d of P(d) T[n, d, sum]. Nothing
     says which sum a pair makes: the table learns it from the labels. Once it has,
     the sum is as confident as the digit and agrees with it on every pair, near-ties
-    included; the earlier head (a Dense layer over digit log-probabilities times the
-    number, docs/performance.md) learned addition only approximately and disagreed with
-    the digit head on 0.06-0.09 % of the test pairs.
+    included, because it is computed from the digit distribution rather than beside it.
     """
     image, number = _inputs()
-    # No BatchNorm at 28x28: on CPU it made a training step ~1.3x slower
-    # (docs/performance.md), and the BatchNorm after the first pooling keeps training stable.
+    # No BatchNorm at 28x28, where activations are largest and it costs most per step
+    # (docs/performance.md); the BatchNorm after the first pooling keeps training stable.
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv1")(image)
     x = layers.Conv2D(16, 3, padding="same", activation="relu", name="conv2")(x)
     x = layers.MaxPooling2D(2, name="pool1")(x)
@@ -138,19 +131,25 @@ def build_model(arch="compact", dropout=None):
     return BUILDERS[arch]()
 
 
+def batchnorm_momentum(total_steps):
+    """BatchNorm's momentum for a run of `total_steps` steps.
+
+    Inference uses the moving statistics, an average over the last ~1/(1 - momentum)
+    steps. In a short run that window would reach back to the untrained start, so it is
+    kept within a tenth of the run (a run of 10 steps or fewer keeps its last batch's);
+    runs of 1,000 steps or more keep Keras' 0.99.
+    """
+    return min(0.99, max(0.0, 1 - 10 / total_steps))
+
+
 def compile_model(model, recipe, steps_per_epoch, jit_compile="auto"):
     """Sparse categorical cross-entropy and accuracy on each head; AdamW with a linear
     warm-up and a cosine decay to zero over the whole run."""
     total_steps = recipe.epochs * steps_per_epoch
     warmup_steps = recipe.warmup_steps(steps_per_epoch)
-    # Inference uses BatchNorm's moving statistics, an average over the last
-    # ~1/(1 - momentum) steps. In a short run that window reaches back to the untrained
-    # start (one epoch read 27 % with them, 97.7 % with batch statistics), so it is
-    # kept within a tenth of the run (a run of 10 steps or fewer keeps its last batch's);
-    # runs of 1,000 steps or more keep Keras' 0.99.
     for layer in model.layers:
         if isinstance(layer, layers.BatchNormalization):
-            layer.momentum = min(0.99, max(0.0, 1 - 10 / total_steps))
+            layer.momentum = batchnorm_momentum(total_steps)
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=recipe.learning_rate / 10,
         warmup_target=recipe.learning_rate,
@@ -168,80 +167,3 @@ def compile_model(model, recipe, steps_per_epoch, jit_compile="auto"):
         jit_compile=jit_compile,
     )
     return model
-
-
-def load_keras_model(path):
-    """Load a `.keras` file, with a clear error when it is missing or not a model."""
-    path = Path(path)
-    if not path.is_file():
-        raise KerasAdderError(f"model file {path} does not exist")
-    # Keras reports a damaged archive as "File not found"; say what is really wrong.
-    if not zipfile.is_zipfile(path):
-        raise KerasAdderError(f"{path}: not a .keras model (not a zip archive; corrupt?)")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:
-        raise KerasAdderError(f"{path}: not a readable .keras model ({error})") from None
-
-
-def _foldable_batchnorms(model):
-    """{Conv2D name: the BatchNormalization fed by it alone and feeding on it alone}."""
-    producers = {
-        layer.name: [tensor._keras_history.operation.name  # the layer that made it
-                     for tensor in keras.tree.flatten(layer.input)]
-        for layer in model.layers
-    }
-    # The model's outputs count as consumers too.
-    outputs = [tensor._keras_history.operation.name
-               for tensor in keras.tree.flatten(model.outputs)]
-    consumers = {}
-    for layer_name, names in [*producers.items(), ("outputs", outputs)]:
-        for name in names:
-            if name != layer_name:  # an InputLayer's input is its own output
-                consumers[name] = consumers.get(name, 0) + 1
-    pairs = {}
-    for layer in model.layers:
-        if isinstance(layer, layers.BatchNormalization) and layer.axis in (-1, 3):
-            (source,) = producers[layer.name]
-            if (isinstance(model.get_layer(source), layers.Conv2D)
-                    and consumers[source] == 1):
-                pairs[source] = layer
-    return pairs
-
-
-def fold_batchnorm(model):
-    """A copy of a functional `model` in which each BatchNormalization right after a
-    Conv2D is folded into that convolution's kernel and bias (and replaced by an
-    identity): the same answers up to float rounding, one pass over the activations
-    fewer. Keras 3 computes BatchNormalization with elementwise ops
-    (tf.nn.batch_normalization), which TensorFlow does not fuse into the convolution as
-    it fuses a bias and a ReLU; the LiteRT and ONNX converters fold it themselves.
-    The SavedModel export serves this copy (docs/runtimes.md has the measurements)."""
-    folds = _foldable_batchnorms(model)
-    folded_away = {bn.name for bn in folds.values()}
-
-    def clone(layer):
-        if layer.name in folded_away:
-            # A Lambda accepts the `mask` argument the graph passes a BatchNormalization.
-            return layers.Lambda(lambda x: x, name=layer.name)
-        config = layer.get_config()
-        if layer.name in folds:
-            config["use_bias"] = True
-        return layer.__class__.from_config(config)
-
-    folded = keras.models.clone_model(model, clone_function=clone)
-    for layer in model.layers:
-        if layer.name in folded_away or not layer.weights:  # inputs get new names
-            continue
-        target = folded.get_layer(layer.name)
-        if layer.name not in folds:
-            target.set_weights(layer.get_weights())
-            continue
-        bn = folds[layer.name]
-        scale = (bn.gamma.numpy() if bn.scale else 1.0) / np.sqrt(
-            bn.moving_variance.numpy() + bn.epsilon)
-        bias = layer.bias.numpy() if layer.use_bias else 0.0
-        shift = bn.beta.numpy() if bn.center else 0.0
-        target.set_weights([layer.kernel.numpy() * scale,
-                            (bias - bn.moving_mean.numpy()) * scale + shift])
-    return folded

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import temporary_sibling
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import temporary_sibling
 
 
 def request_bodies(images, numbers):

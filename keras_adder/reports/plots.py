@@ -19,8 +19,8 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import PercentFormatter
 
-from keras_adder.errors import KerasAdderError
-from keras_adder.files import write_atomically
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import write_atomically
 
 DPI = 100
 WRONG = "tab:red"

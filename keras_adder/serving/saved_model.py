@@ -29,11 +29,17 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder.constants import IMAGE_SIZE, MAX_SERVING_BATCH, NUM_DIGITS, NUM_SUMS, SIGNATURE
-from keras_adder.data import model_inputs
-from keras_adder.errors import KerasAdderError
-from keras_adder.model import fold_batchnorm
-from keras_adder.warmup import write_warmup_requests
+from keras_adder.core.constants import (
+    IMAGE_SIZE,
+    MAX_SERVING_BATCH,
+    NUM_DIGITS,
+    NUM_SUMS,
+    SIGNATURE,
+)
+from keras_adder.core.errors import KerasAdderError
+from keras_adder.data.pipeline import model_inputs
+from keras_adder.serving.folding import fold_batchnorm
+from keras_adder.serving.warmup import write_warmup_requests
 
 # TF Serving reads a version folder's name as a decimal int64; ASCII digits only
 # ("٣" passes str.isdigit() but is no version).

@@ -1,0 +1,2 @@
+"""The benchmark library: training cost against the matmul peak, time to accuracy, and
+serving speed by runtime."""

@@ -1,0 +1,1 @@
+"""The Keras model: the two architectures, how they are compiled, and the .keras loader."""

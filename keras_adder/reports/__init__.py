@@ -1,0 +1,1 @@
+"""What a model is worth: exhaustive evaluation and the plots."""
