@@ -41,7 +41,7 @@ $(VENV)/.demo: $(VENV)/.runtime requirements-demo.txt
 
 # What the tests need from outside pip (Python 3.11, Graphviz's dot, a Chromium for
 # Playwright), checked before the installs below: installed with apt-get as root on
-# Debian/Ubuntu, else named one line each. `make train` needs none of it.
+# Debian/Ubuntu (Ubuntu: Graphviz only), else named one line each. `make train` needs none.
 system-tools:
 	@sh tests/system_tools.sh "$(PYTHON)" "$(VENV)" "$(COMPAT_VENV)"
 

@@ -123,7 +123,8 @@ def test_playwrights_own_chromium_is_enough(tmp_path):
     machine.add_dot()
     # The venv's Python answers for tests/browser.py, which finds Playwright's browser.
     executable(tmp_path / ".venv" / "bin" / "python",
-               '#!/bin/sh\ncase "$1" in */browser.py) echo /somewhere/chrome ;; *) exit 1 ;; esac\n')
+               '#!/bin/sh\ncase "$1" in */browser.py) echo /somewhere/chrome ;;\n'
+               '*) exit 1 ;; esac\n')
     assert machine.run() == (0, "", [])
     assert machine.apt_calls() == []
 
