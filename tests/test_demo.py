@@ -1,4 +1,5 @@
-"""The browser demo, tested in a real browser: Debian's Chromium driven by Playwright.
+"""The browser demo, tested in a real browser: Chromium driven by Playwright (Playwright's
+own or Debian's, whichever tests/browser.py finds).
 
 The app is built over the shared short training run's SavedModel and served on a free
 loopback port; the test draws digits as mouse strokes on the sketchpad, sets numbers,
@@ -21,7 +22,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own download needs internet
+from browser import chromium_executable
+
 TIMEOUT_MS = 60_000
 # Set to a path (e.g. docs/images/demo.png) to keep the screenshot of the 7.
 SCREENSHOT_VARIABLE = "KERAS_ADDER_DEMO_SCREENSHOT"
@@ -78,7 +80,8 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        chromium = playwright.chromium.launch(executable_path=chromium_executable(playwright),
+                                             headless=True)
         try:
             yield chromium
         finally:
