@@ -226,6 +226,21 @@ def test_huge_png_is_refused_from_its_header(tmp_path, capfd):
         images.load_image(tmp_path / "big.png")
 
 
+def test_a_file_over_the_byte_limit_is_refused_before_it_is_opened(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    with open(path, "wb") as file:
+        file.truncate(images.MAX_FILE_BYTES + 1)  # sparse: no disk, no time
+
+    def never(*args, **kwargs):
+        raise AssertionError("the file was opened")
+
+    monkeypatch.setattr(images.Image, "open", never)
+    with pytest.raises(KerasAdderError) as error:
+        images.load_image(path)
+    assert str(error.value) == (f"{path}: file of 50,000,001 bytes is too big (the limit is "
+                                "50,000,000; a digit needs far less)")
+
+
 def _truncated_png(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(
         tmp_path / "whole.png")

@@ -44,6 +44,9 @@ THICK_STROKE = 2.5  # MNIST: 75 % of digits are thinner than 2.4, 95 % than 3.1
 # A 48-megapixel phone photo still loads; Pillow's own warning starts at 89 MP and its
 # error at 179 MP, far more memory than a digit needs.
 MAX_PIXELS = 50_000_000
+# A picture file bigger than this is refused before it is opened, and the demo refuses
+# bigger uploads while they arrive: a 48-megapixel phone photo is 10-25 MB as a JPEG.
+MAX_FILE_BYTES = 50_000_000
 # Pictures are reduced (area-averaged) to this longer side before preparation: ample
 # for a 20x20 result, and it bounds the time and memory of every later step.
 WORK_SIDE = 512
@@ -97,15 +100,19 @@ def _too_many_pixels(path, size):
 def load_image(path):
     """An image file → float32 [H, W] grey levels 0-255 (0 = black), the right way up.
 
-    The pixel count is checked from the header before anything is decoded (at most
-    MAX_PIXELS); the picture is then reduced to at most WORK_SIDE pixels on its longer
-    side. EXIF orientation is applied, transparent pixels count as white paper, 16-bit
-    images are scaled to 0-255 (not clipped). Every problem is a KerasAdderError that
-    names the file.
+    The file's size is checked before it is opened (at most MAX_FILE_BYTES), the pixel
+    count from the header before anything is decoded (at most MAX_PIXELS); the picture
+    is then reduced to at most WORK_SIDE pixels on its longer side. EXIF orientation is
+    applied, transparent pixels count as white paper, 16-bit images are scaled to 0-255
+    (not clipped). Every problem is a KerasAdderError that names the file.
     """
 
     path = Path(path)
     _check_file(path)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise KerasAdderError(f"{path}: file of {size:,} bytes is too big (the limit is "
+                              f"{MAX_FILE_BYTES:,}; a digit needs far less)")
     Image.init()  # registers every format plugin, so that IMAGE_FORMATS can be named
     try:
         with warnings.catch_warnings():
