@@ -397,6 +397,32 @@ def test_hostile_uploads_are_refused_by_the_loader_before_anything_decodes_them(
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
+def test_three_huge_uploads_do_not_hold_up_a_normal_request(browser, demo_process, mnist,
+                                                            tmp_path):
+    """Three huge uploads sent at once, then a normal request: Gradio answers one request
+    at a time, so each huge upload it decoded held the normal one up by seconds."""
+    url, _, log = demo_process
+    _, (test_images, _) = mnist
+    photo = tmp_path / "photo.png"
+    Image.fromarray(255 - test_images[1]).resize((140, 140)).save(photo)
+    huge = tmp_path / "huge.png"
+    Image.new("1", (HUGE_SIDE, HUGE_SIDE)).save(huge)
+    with contextlib.ExitStack() as pages:
+        hostile = [pages.enter_context(opened(browser, url)) for _ in range(3)]
+        for page in hostile:
+            upload(page, huge)
+        for page in hostile:
+            page.locator("#add").click()  # not waiting: the three are queued together
+        text, seconds = upload_and_submit(browser, url, photo, 6)
+        print(f"a normal request behind three huge uploads: answered in {seconds:.2f} s")
+        assert ANSWER.match(text), text
+        assert seconds < ANSWER_SECONDS, f"the normal request waited {seconds:.1f} s"
+        for page in hostile:
+            page.wait_for_function("() => document.querySelector('#result textarea')"
+                                   ".value.startsWith('too many pixels')")
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
 def test_uploads_over_the_byte_limit_are_refused_while_they_arrive(demo_process):
     from keras_adder.data import pictures
 
