@@ -90,7 +90,7 @@ def evaluate_refusal(capsys, model, tmp_path):
 
 
 def test_a_saved_model_without_the_probability_outputs_is_refused(tmp_path, capsys):
-    """It used to end in a KeyError in predict, and evaluate printed accuracies."""
+    """Unchecked, predict fails with a KeyError and evaluate prints accuracies."""
     model = save_saved_model(foreign_function(heads(10, 19, probabilities=False)),
                              tmp_path / "other" / "1")
     expected = (f"{model}: not a keras_adder model: no output 'digit_probabilities'; "
@@ -100,7 +100,7 @@ def test_a_saved_model_without_the_probability_outputs_is_refused(tmp_path, caps
 
 
 def test_probability_widths_5_and_3_are_refused(tmp_path, capsys):
-    """It used to end in "IndexError: index 7 is out of bounds"."""
+    """Unchecked, predict fails with "IndexError: index 7 is out of bounds"."""
     model = save_saved_model(foreign_function(heads(5, 3)), tmp_path / "narrow")
     assert predict_refusal(capsys, model) == (
         f"{model}: not a keras_adder model: output 'digit_probabilities' has shape [N, 5], "
@@ -130,7 +130,7 @@ def test_a_saved_model_with_other_inputs_is_refused(tmp_path, capsys):
 
 
 def test_an_onnx_file_with_other_output_names_is_refused(tmp_path, capsys):
-    """It used to end in a raw ONNX Runtime error."""
+    """Unchecked, predict fails with ONNX Runtime's own error."""
     import tf2onnx
 
     serve = foreign_function(scores)
@@ -178,7 +178,7 @@ def one_input_keras_file(path):
 
 
 def test_a_keras_file_with_one_input_is_refused_by_evaluate_and_export(tmp_path, capsys):
-    """evaluate used to end in an IndexError."""
+    """Unchecked, evaluate fails with an IndexError."""
     model = one_input_keras_file(tmp_path / "one_input.keras")
     expected = f"{model}: not a keras_adder model: no input 'number'"
     assert evaluate_refusal(capsys, model, tmp_path) == expected

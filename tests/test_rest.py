@@ -127,6 +127,18 @@ def test_extra_keys_are_ignored_in_the_columnar_form_only_as_the_server_does(inp
         tensors_from_rest_body(body, input_specs)
 
 
+def server_uint8(values):
+    """What TensorFlow's C++ Tensor::FromProto makes of a DT_UINT8 TensorProto whose
+    int_val holds `values`, as the server builds it (tf.io.parse_tensor runs it)."""
+    import tensorflow as tf
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    proto = tensor_pb2.TensorProto(dtype=types_pb2.DT_UINT8, tensor_shape=(
+        tensor_shape_pb2.TensorShapeProto(dim=[{"size": len(values)}])))
+    proto.int_val.extend(values)
+    return tf.io.parse_tensor(proto.SerializeToString(), tf.uint8).numpy()
+
+
 @pytest.mark.parametrize("form", ["inputs", "instances"])
 def test_out_of_range_uint8_pixels_wrap_as_the_server_stores_them(input_specs, form):
     """json_tensor.cc AddValueToTensor checks only IsInt() (the int32 range) for
@@ -138,6 +150,7 @@ def test_out_of_range_uint8_pixels_wrap_as_the_server_stores_them(input_specs, f
     tensors = tensors_from_rest_body(one_body(image=image, form=form), input_specs)
     assert tensors["image"].dtype == np.uint8
     assert tensors["image"][0, 0, :4].tolist() == [44, 255, 0, 255]
+    assert tensors["image"][0, 0, :4].tolist() == server_uint8(image[0][:4]).tolist()
     image[0][0] = 2**31
     with pytest.raises(KerasAdderError, match="JSON Value: 2147483648 Type: Number is not "
                        "of expected type: uint8"):

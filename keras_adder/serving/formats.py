@@ -6,8 +6,8 @@ Every format answers the same call as the SavedModel's `serving_default` signatu
 {digit, sum, digit_probabilities, sum_probabilities}.
 
 A model that is not this project's (other input or output names, dtypes, widths) would
-otherwise fail deep inside a command with a KeyError or an IndexError, or worse, answer:
-an `evaluate` of a model without the probability outputs printed accuracies. So each
+otherwise fail deep inside a command with a KeyError or an IndexError, or worse, be
+answered for: `evaluate` reads only digit and sum. So each
 format's declared inputs and outputs are compared with the signature's before the model
 is called, and one call of two blank images then checks the outputs it really gives
 (a file may leave widths undeclared). Both say "not a keras_adder model" and what differs.
