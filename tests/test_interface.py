@@ -120,6 +120,23 @@ def test_widths_a_model_leaves_undeclared_are_checked_by_calling_it(tmp_path, ca
         "not [2, 10]")
 
 
+def test_a_model_that_fails_on_a_batch_is_refused_in_one_line(tmp_path, capsys):
+    """Declared like this project's, but it takes one image at a time: the check's call
+    of two images fails, and the runtime's multi-line message becomes one line."""
+    import tensorflow as tf
+
+    def one_at_a_time(x):
+        with tf.control_dependencies([tf.debugging.assert_equal(
+                tf.shape(x)[0], 1, message="one image\nat a time")]):
+            return heads(10, 19)(tf.identity(x))
+
+    model = save_saved_model(foreign_function(one_at_a_time), tmp_path / "single")
+    message = predict_refusal(capsys, model)
+    assert message.startswith(f"{model}: not a keras_adder model: it fails on two blank "
+                              "images with numbers 0 and 9 (the model refused the request: ")
+    assert "one image" in message  # and refusal() found one line only
+
+
 def test_a_saved_model_with_other_inputs_is_refused(tmp_path, capsys):
     model = save_saved_model(
         foreign_function(heads(10, 19), inputs=[("pixels", ([None, 784], "float32"))]),

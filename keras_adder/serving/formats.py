@@ -99,7 +99,8 @@ def _probe(path, call):
         outputs = call(np.zeros((count, IMAGE_SIZE, IMAGE_SIZE), np.uint8),
                        np.array(PROBE_NUMBERS, np.int32))
     except Exception as error:  # a foreign model fails in its runtime's own words
-        _refuse(path, [f"it fails on two blank images with numbers 0 and 9 ({error})"])
+        said = " ".join(str(error).split())  # one line, as every error of a command
+        _refuse(path, [f"it fails on two blank images with numbers 0 and 9 ({said})"])
     found = {name: (np.asarray(value).dtype.name, np.shape(value))
              for name, value in outputs.items()}
     expected = {name: (dtype, (count, *shape[1:]))
