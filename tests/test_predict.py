@@ -249,8 +249,9 @@ def test_a_saved_model_of_another_kind_is_refused(tmp_path, capsys):
         run(predict.main, ["--mnist-test-index", "0", "--number", "1",
                            "--model", str(tmp_path / "other")])
     assert capsys.readouterr().err == (
-        f"error: {tmp_path / 'other' / '1'}: its 'serving_default' signature takes x, "
-        "not image and number: not a keras_adder model\n"
+        f"error: {tmp_path / 'other' / '1'}: not a keras_adder model: unexpected input 'x'; "
+        "no input 'image'; no input 'number'; unexpected output 'y'; no output 'digit'; "
+        "no output 'sum'; no output 'digit_probabilities'; no output 'sum_probabilities'\n"
     )
 
 

@@ -234,3 +234,59 @@ def test_training_refuses_a_runtime_format_whose_packages_are_missing(tmp_path, 
                                               "-r requirements-export.txt$"):
         train_main(["--export-format", "onnx", "--run-dir", str(tmp_path / "run")])
     assert list(tmp_path.iterdir()) == []
+
+
+def shifted_serving_function(shift):
+    """runtimes.raw_serving_function, but every probability the file answers is `shift`
+    more than the model's: a file that loads and answers slightly wrong. The classes
+    stay those of the unshifted probabilities, so only the probability check can see it."""
+    import tensorflow as tf
+
+    from keras_adder.serving import runtimes
+
+    original = runtimes.raw_serving_function
+
+    def raw_serving_function(model):
+        serve = original(model)
+
+        @tf.function(input_signature=serve.input_signature)
+        def shifted(image, number):
+            outputs = dict(serve(image, number))
+            for name in ("digit_probabilities", "sum_probabilities"):
+                outputs[name] = outputs[name] + shift
+            return outputs
+
+        return shifted
+
+    return raw_serving_function
+
+
+def untied_model():
+    """An untrained compact model whose addition table is random, so no two classes tie
+    (an all-zero table gives 19 equal sum probabilities)."""
+    from keras_adder.model.architectures import build_model
+
+    model = build_model("compact")
+    table = model.get_layer("table_logits")
+    table.set_weights([np.random.default_rng(0).normal(0, 0.1, table.get_weights()[0].shape)])
+    return model
+
+
+@pytest.mark.parametrize("kind, suffix", [("litert", ".tflite"), ("onnx", ".onnx")])
+def test_an_fp32_file_off_by_1e_3_is_refused(kind, suffix, mnist, tmp_path, monkeypatch):
+    """The fp32 post-export check (FP32_TOLERANCE 1e-4, every class agreeing) refuses a
+    file that loads and answers 1e-3 away from the model; the int8 check (0.25, 95 %)
+    would pass it. Nothing is left behind; the same model unshifted is accepted."""
+    from keras_adder.serving import runtimes
+
+    _, (test_images, _) = mnist
+    model, target = untied_model(), tmp_path / f"model{suffix}"
+    monkeypatch.setattr(runtimes, "raw_serving_function", shifted_serving_function(1e-3))
+    with pytest.raises(KerasAdderError) as error:
+        runtimes.export_file(model, kind, target, check_images=test_images[:16])
+    assert str(error.value) == (
+        f"export to {target} failed, nothing was written: digit probabilities differ from "
+        "the Keras model's by 0.001 (tolerance 0.0001)")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert runtimes.export_file(model, kind, target, check_images=test_images[:16]) == target

@@ -100,12 +100,13 @@ def build_app(model_path):
     models from a trusted source."""
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which startup has just imported quietly.
-    from keras_adder.serving.saved_model import load_saved_model, run_signature
+    from keras_adder.serving.formats import load_model
 
-    version_path, serve = load_saved_model(model_path)
+    model = load_model(model_path)  # checks the model's interface, as every command does
+    version_path = model.path
 
     def predict(image, number):
-        return run_signature(serve, image[np.newaxis], np.array([number], np.int32))
+        return model.call(image[np.newaxis], np.array([number], np.int32))
 
     with gr.Blocks(title="keras-adder", analytics_enabled=False) as app:
         gr.Markdown(f"## Draw a digit, pick a number, see the sum\nModel: `{version_path}`")

@@ -292,11 +292,14 @@ class RuntimeModel:
     """A loaded .tflite or .onnx file with the SavedModel signature's call contract.
 
     `predict(images, numbers)` (uint8 [N, 28, 28], int numbers 0-9 [N]) returns
-    {digit, sum, digit_probabilities, sum_probabilities} as numpy arrays.
+    {digit, sum, digit_probabilities, sum_probabilities} as numpy arrays. `inputs` and
+    `outputs` are what the file declares, {name: (dtype name, shape)} with None for a
+    size left open, for serving.formats' interface check.
     """
 
-    def __init__(self, path, kind, run):
+    def __init__(self, path, kind, run, inputs, outputs):
         self.path, self.kind, self._run = Path(path), kind, run
+        self.inputs, self.outputs = inputs, outputs
 
     def predict(self, images, numbers):
         images, numbers = check_pairs(images, numbers)
@@ -320,14 +323,26 @@ def _litert_runner(path):
         Interpreter = tf.lite.Interpreter
     with startup.quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
         interpreter = Interpreter(model_path=str(path), num_threads=LITERT_THREADS)
+        if not interpreter.get_signature_list():  # converted without one: nameless
+            raise KerasAdderError(f"{path}: not a keras_adder model: it has no signature "
+                                  "(no named inputs and outputs)")
         runner = interpreter.get_signature_runner()
-        runner(image=np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8), number=np.zeros(1, np.int32))
+        try:  # the first call creates the XNNPACK delegate, which says so on stderr
+            runner(image=np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8),
+                   number=np.zeros(1, np.int32))
+        except Exception:
+            pass  # other inputs: serving.formats' interface check names what differs
+    inputs, outputs = (
+        {name: (np.dtype(detail["dtype"]).name,
+                tuple(None if size < 0 else int(size) for size in detail["shape_signature"]))
+         for name, detail in details.items()}
+        for details in (runner.get_input_details(), runner.get_output_details()))
 
     def run(images, numbers):
         # The runner resizes the inputs only when the batch size changes.
         return dict(runner(image=images, number=numbers))
 
-    return run
+    return run, inputs, outputs
 
 
 def _onnx_runner(path):
@@ -343,7 +358,18 @@ def _onnx_runner(path):
         answers = session.run(list(OUTPUTS), {"image": images, "number": numbers})
         return dict(zip(OUTPUTS, answers))
 
-    return run
+    inputs, outputs = ({value.name: (_onnx_dtype(value.type), None if value.shape is None
+                                     else tuple(size if isinstance(size, int) else None
+                                                for size in value.shape))
+                        for value in values}
+                       for values in (session.get_inputs(), session.get_outputs()))
+    return run, inputs, outputs
+
+
+def _onnx_dtype(type_name):
+    """numpy's name for an ONNX tensor type: 'tensor(float)' -> 'float32'."""
+    name = type_name.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64", "float16": "float16"}.get(name, name)
 
 
 def load_runtime_model(path):
@@ -356,7 +382,9 @@ def load_runtime_model(path):
     if not path.is_file():
         raise KerasAdderError(f"model file {path} does not exist")
     try:
-        run = (_litert_runner if kind == "litert" else _onnx_runner)(path)
+        run, inputs, outputs = (_litert_runner if kind == "litert" else _onnx_runner)(path)
+    except KerasAdderError:
+        raise
     except Exception as error:
         raise KerasAdderError(f"{path}: not a readable {kind} model ({error})") from None
-    return RuntimeModel(path, kind, run)
+    return RuntimeModel(path, kind, run, inputs, outputs)
