@@ -49,7 +49,7 @@ _VERSION_NAME = re.compile(r"[0-9]+")
 _MAX_VERSION = 2**63 - 1
 STAGING_PREFIX = ".staging-"
 WARMUP_EXAMPLES = 5  # real test images that TF Serving replays when it loads a version
-MAX_REASON = 300  # characters of a failure's reason in its one error line
+MAX_REASON = 400  # characters of a failure's reason in its one error line
 
 
 # --- Versions ---------------------------------------------------------------------------
@@ -238,11 +238,9 @@ def copy_folder(source, target):
 
 
 def reason(error):
-    """What went wrong, in one line: an OS error as Python words it (errno, message,
-    file), any other error's message with its lines joined and cut at
-    MAX_REASON characters (TensorFlow's run over many lines)."""
-    if isinstance(error, OSError) and error.errno is not None:
-        return str(OSError(error.errno, error.strerror, error.filename))
+    """What went wrong, in one line: the error's message (an OS error's with its errno
+    and files) with its lines joined, cut at MAX_REASON characters. TensorFlow's
+    messages run over several lines; shutil.copytree's list every file it failed on."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
 
