@@ -58,7 +58,7 @@ def decide(candidate, export_dir, *, policy, validation, seed, version=None):
     highest = max(served, default=None)
     hidden = version is not None and highest is not None and version < highest
     if policy == "always":
-        return True, (_not_served(version, served[highest], "--promote always") if hidden
+        return True, (_not_served(version, highest, served, "--promote always") if hidden
                       else "promoted because --promote always")
     if not served:
         return True, f"promoted: {export_dir} serves no version yet"
@@ -66,7 +66,7 @@ def decide(candidate, export_dir, *, policy, validation, seed, version=None):
     if not (newest / "saved_model.pb").is_file():
         nothing = (f"TF Serving serves nothing from {export_dir}: its highest version "
                    f"{newest} has no saved_model.pb")
-        return True, (_not_served(version, newest, nothing) if hidden
+        return True, (_not_served(version, highest, served, nothing) if hidden
                       else f"promoted: {nothing}")
     mine = validation_accuracy(candidate, *validation, seed)
     theirs = validation_accuracy(newest, *validation, seed)
@@ -74,12 +74,13 @@ def decide(candidate, export_dir, *, policy, validation, seed, version=None):
                f"{theirs['digit']:.2%}/{theirs['sum']:.2%} of served {newest}")
     if not all(mine[head] >= theirs[head] for head in mine):
         return False, f"not promoted (kept as a candidate): {figures}"
-    return True, _not_served(version, newest, figures) if hidden else f"promoted: {figures}"
+    return True, (_not_served(version, highest, served, figures) if hidden
+                  else f"promoted: {figures}")
 
 
-def _not_served(version, highest, why):
+def _not_served(version, highest, served, why):
     return (f"written as version {version} ({why}) but NOT served under TF Serving's "
-            f"latest-version policy: version {highest.name} ({highest}) is higher")
+            f"latest-version policy: version {highest} ({served[highest]}) is higher")
 
 
 def promote(candidate, export_dir, version=None, before_rename=None):
