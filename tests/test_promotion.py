@@ -162,28 +162,46 @@ def test_a_highest_version_without_saved_model_pb_serves_nothing_and_is_said_so(
 
 # RLIMIT_FSIZE makes every write past it fail as a full disk would, without root: with
 # SIGXFSZ ignored, write() fails with EFBIG ("File too large").
-PROMOTE_WITH_A_SMALL_DISK = r"""
+WRITE_ON_A_FULL_DISK = r"""
 import resource, signal, sys
+import numpy as np
 from keras_adder import cli
-from keras_adder.serving import promotion
+from keras_adder.model.keras_file import load_keras_model
+from keras_adder.serving import promotion, runtimes, saved_model
 
+what, source, target = sys.argv[1:]
+images = np.zeros((8, 28, 28), np.uint8)
+if what == "promotion":
+    write = lambda: promotion.promote(source, target)
+elif what == "saved_model":
+    write = lambda: saved_model.export_saved_model(model, target, check_images=images)
+else:
+    write = lambda: runtimes.export_file(model, what, f"{target}/m", check_images=images)
+model = None if what == "promotion" else load_keras_model(source)
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-cli.run(lambda argv: promotion.promote(*argv), sys.argv[1:])
+cli.run(lambda argv: write(), [])
 """
 
 
-def test_a_full_disk_while_promoting_is_one_line_and_writes_nothing(trained_run, tmp_path):
+@pytest.mark.parametrize("what, failed", [
+    ("promotion", "promotion to {base}/1 failed, nothing was written: [Errno 27] File too large: "),
+    ("saved_model", "export to {base}/1 failed, nothing was written: "),
+    ("litert", "export to {base}/m.tflite failed, nothing was written: "),
+    ("onnx", "export to {base}/m.onnx failed, nothing was written: "),
+], ids=["promotion", "saved_model", "litert", "onnx"])
+def test_a_full_disk_while_promoting_or_exporting_is_one_line_and_writes_nothing(
+        what, failed, trained_run, tmp_path):
     base = tmp_path / "served"
-    result = subprocess.run([sys.executable, "-c", PROMOTE_WITH_A_SMALL_DISK,
-                             trained_run["export_path"], str(base)],
+    source = trained_run["export_path" if what == "promotion" else "keras_path"]
+    result = subprocess.run([sys.executable, "-c", WRITE_ON_A_FULL_DISK, what, source, str(base)],
                             env=child_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == EXIT_USAGE, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and len(errors[0]) < 500, result.stderr[-3000:]
-    assert errors[0].startswith(f"error: promotion to {base / '1'} failed, nothing was "
-                                "written: [Errno 27] File too large: ")
-    assert list(base.iterdir()) == []  # no version, no staging folder
+    assert errors[0].startswith("error: " + failed.format(base=base))
+    assert "File too large" in errors[0]
+    assert list(base.iterdir()) == []  # no version, no staging folder, no temporary file
 
 
 # --- Killed right after a rename, before the run recorded it -----------------------------
