@@ -261,7 +261,11 @@ def export_saved_model(model, export_dir, version=None, *, check_images, before_
     except OSError as error:
         raise KerasAdderError(f"cannot create export directory {export_dir} "
                               f"({error.strerror})") from None
-    staging, lock = claim_staging(export_dir, version)
+    try:
+        staging, lock = claim_staging(export_dir, version)
+    except OSError as error:  # a full disk, a read-only folder
+        raise KerasAdderError(f"export to {final} failed, nothing was written: "
+                              f"{reason(error)}") from None
     try:
         # Served with each BatchNorm folded into its convolution: faster on CPU, and
         # check_export below compares its answers with the unfolded `model`'s.
