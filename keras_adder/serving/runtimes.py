@@ -51,7 +51,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder.core import startup
+from keras_adder.core import signals, startup
 from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, NUM_SUMS
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data.pipeline import model_inputs
@@ -61,7 +61,7 @@ FORMATS = {".tflite": "litert", ".onnx": "onnx"}
 QUANTIZATIONS = (None, "int8")
 OUTPUTS = ("digit", "sum", "digit_probabilities", "sum_probabilities")
 MAX_BATCH = 1024  # pairs per runtime call: bounds the runtime's activation memory
-# The hidden name a file is written under before its check (`_claim_staging_file`).
+# The hidden name a file is written under before its check (`_write_checked`).
 # pid 0 is no writer's: such a name is not ours.
 _STAGING_NAME = re.compile(r"\..+\.(?P<pid>[1-9][0-9]{0,6})\.[0-9a-f]{8}\.tmp\.(?:tflite|onnx)")
 LITERT_THREADS = 2
@@ -215,32 +215,44 @@ def _write_checked(path, suffix, write, check):
         raise KerasAdderError(f"cannot create folder {path.parent} ({error.strerror})") from None
     try:
         sweep_dead_writers_files(path.parent)
-        staging, lock = _claim_staging_file(path, suffix)
     except OSError as error:
         raise KerasAdderError(f"{failed}: {reason(error)}") from None
-    try:
-        write(staging)
-        check(staging)
-        staging.replace(path)
-    except BaseException as error:
-        staging.unlink(missing_ok=True)
-        if not isinstance(error, Exception):  # Ctrl-C, SIGTERM
-            raise
-        raise KerasAdderError(f"{failed}: {reason(error)}") from error
-    finally:
-        os.close(lock)
+    # Not mkstemp: its files are private (0600), and a server may run as another user.
+    staging = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
+    lock = []
+    # SIGTERM is noted and stops the export between its steps: raised inside the
+    # converters' native callbacks, it was swallowed (exit 0) or became a TypeError.
+    with signals.deferred():
+        try:  # created inside the try, so that any stop removes it
+            lock.append(_create_locked(staging))
+            write(staging)
+            _stop_if_terminated()
+            check(staging)
+            _stop_if_terminated()
+            staging.replace(path)
+        except BaseException as error:
+            staging.unlink(missing_ok=True)
+            if not isinstance(error, Exception):  # Ctrl-C, SIGTERM
+                raise
+            raise KerasAdderError(f"{failed}: {reason(error)}") from error
+        finally:
+            for descriptor in lock:
+                os.close(descriptor)
     return path
 
 
-def _claim_staging_file(path, suffix):
-    """(hidden sibling of `path`, lock descriptor): created empty and locked until the
-    descriptor is closed or this process dies. The writers (TFLite bytes, tf2onnx,
-    ONNX Runtime's quantizer) reopen the name and truncate it, so the lock holds."""
-    # Not mkstemp: its files are private (0600), and a server may run as another user.
-    staging = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
+def _stop_if_terminated():
+    if signals.pending():
+        raise signals.Terminated()
+
+
+def _create_locked(staging):
+    """A descriptor of the new, empty file `staging`, locked until it is closed or this
+    process dies. The writers (TFLite bytes, tf2onnx, ONNX Runtime's quantizer) reopen
+    the name and truncate it, so the lock holds while they write."""
     descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    return staging, descriptor
+    return descriptor
 
 
 def _process_is_alive(pid):
