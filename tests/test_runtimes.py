@@ -1,6 +1,13 @@
 """LiteRT and ONNX files: written atomically, answering like the SavedModel on all
 100,000 test pairs (10,000 images x numbers 0-9), refusing bad inputs."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -142,6 +149,78 @@ def test_failed_export_leaves_nothing(trained_model, mnist, tmp_path, monkeypatc
         runtimes.export_litert(trained_model, tmp_path / "other.tflite",
                                check_images=test_images[:8])
     assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
+
+
+HOLD_FILE_LOCK = """
+import fcntl, os, sys, time
+descriptor = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def child_env():
+    """The environment of a child process: this package first on its path."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+def stop_once_writing(command, folder, stop):
+    """Start `command`; send it `stop` as soon as its temporary file exists in `folder`;
+    its exit code."""
+    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (folder.is_dir() and any(folder.glob(".m.*.tmp.tflite"))):
+            assert process.poll() is None, f"the export ended with {process.returncode}"
+            assert time.monotonic() < deadline, "no temporary file appeared"
+            time.sleep(0.02)
+        process.send_signal(stop)
+        return process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_killed_runtime_export_leaves_no_temporary_file_for_good(
+        trained_run, trained_model, mnist, data_dir, tmp_path):
+    from keras_adder.serving.runtimes import export_litert
+
+    _, (test_images, _) = mnist
+    folder = tmp_path / "files"
+    command = [sys.executable, "-m", "keras_adder.export", trained_run["keras_path"],
+               "--format", "litert", "--output", str(folder / "m.tflite"),
+               "--data-dir", str(data_dir)]
+    # SIGTERM runs the clean-up: nothing is left.
+    assert stop_once_writing(command, folder, signal.SIGTERM) == 143
+    assert list(folder.iterdir()) == []
+    # SIGKILL (as a power cut) runs nothing: the file stays until the next export.
+    assert stop_once_writing(command, folder, signal.SIGKILL) == -signal.SIGKILL
+    [killed] = folder.iterdir()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    swept = [killed.name, f".m.{dead_pid}.0123abcd.tmp.onnx"]
+    kept = [f".m.{dead_pid}.0123abcd.tmp.txt", f"m.{dead_pid}.0123abcd.tmp.onnx",
+            f".m.{dead_pid}.0123abcz.tmp.onnx", f".m.0.0123abcd.tmp.onnx",
+            f".m.{os.getpid()}.0123abcd.tmp.onnx",  # this process lives
+            f".m.{dead_pid}.4567cdef.tmp.tflite"]  # its writer lives in another container
+    for name in swept[1:] + kept:
+        (folder / name).write_bytes(b"")
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_FILE_LOCK, str(folder / kept[-1])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "locked\n"
+        export_litert(trained_model, folder / "m.tflite", check_images=test_images[:8])
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["m.tflite", *kept])
 
 
 def test_export_arguments_are_checked(trained_model, tmp_path):
