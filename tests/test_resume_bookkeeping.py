@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from keras_adder.core.errors import KerasAdderError
-from keras_adder.fitting import distribution
+from keras_adder.core.recipe import make_recipe
+from keras_adder.fitting import distribution, keras_path
 from keras_adder.fitting import run_directory as resume
 from keras_adder.fitting.callbacks import make_callbacks
 from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory
@@ -78,6 +79,38 @@ def test_a_resumed_run_replaces_the_checkpoint_only_with_a_better_epoch(
     run = RunDirectory(tmp_path / "run")
     fit_with_run_callbacks(run, best_val_loss=best_before_crash)
     assert run.best_model.exists() == saved
+
+
+class CallbacksMade(Exception):
+    """Ends `train` as soon as it has made its callbacks."""
+
+
+def test_train_hands_the_best_loss_before_the_crash_to_the_checkpoint(tmp_path, monkeypatch):
+    recipe = make_recipe("fast", epochs=3, train_examples=64)
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    run.config.write_text(json.dumps({"recipe": "fast", **recipe.as_dict()}))
+    # Two epochs backed up; a third logged before the process died.
+    write_history(run, [0.5, 0.2, 0.1])
+    run.backup.mkdir()
+    (run.backup / "training_metadata.json").write_text(json.dumps({"epoch": 2}))
+    images = np.zeros((5_100, 28, 28), np.uint8)
+    labels = np.zeros(5_100, np.uint8)
+    monkeypatch.setattr(keras_path.pipeline, "load_mnist",
+                        lambda data_dir: ((images, labels), (images[:100], labels[:100])))
+    made = {}
+
+    def make_and_stop(*args, **kwargs):
+        made["callbacks"] = make_callbacks(*args, **kwargs)
+        raise CallbacksMade
+
+    monkeypatch.setattr(keras_path, "make_callbacks", make_and_stop)
+    with pytest.raises(CallbacksMade):
+        keras_path.train(recipe, recipe_name="fast", run_dir=run.path,
+                         export_dir=tmp_path / "export", strategy="auto")
+    (checkpoint,) = [callback for callback in made["callbacks"]
+                     if isinstance(callback, keras.callbacks.ModelCheckpoint)]
+    assert checkpoint.best == 0.2  # the best of the kept epochs, not 0.1 nor a fresh start
 
 
 def test_the_backup_outlives_the_last_epoch_until_metrics_are_written(tmp_path, monkeypatch):
