@@ -7,6 +7,7 @@ memory limit, a file size limit, TensorFlow not imported) runs in a child proces
 """
 
 import gzip
+import inspect
 import json
 import os
 import re
@@ -16,9 +17,11 @@ import struct
 import subprocess
 import sys
 import time
+import traceback
 import zlib
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 from training_runs import (
@@ -39,6 +42,7 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import temporary_sibling, write_atomically
 from keras_adder.core.recipe import MAX_SEED
 from keras_adder.data.idx import read_idx
+from keras_adder.fitting.callbacks import StopOnSigterm, make_callbacks
 from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory, open_run
 from keras_adder.reports import exhaustive as evaluation
 from keras_adder.serving import saved_model
@@ -302,6 +306,48 @@ def test_temporary_names_are_unique_beyond_the_process_id(tmp_path):
     names = {temporary_sibling(tmp_path / "metrics.json").name for _ in range(100)}
     assert len(names) == 100
     assert all(str(os.getpid()) in name and name.endswith(".json") for name in names)
+
+
+class SigtermInEpoch2(keras.callbacks.Callback):
+    """Sends this process SIGTERM before batch 3 of epoch 2, and records each batch that
+    ends (it runs before the run's own callbacks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ended = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == (1, 2):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ended.append((self.epoch, batch))
+
+
+def test_sigterm_in_fit_is_stopped_by_the_callback_with_the_backup_at_the_epoch_before(
+        tmp_path, sigterm_raises):
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 2), "float32"), np.ones((8, 1), "float32")
+    sender = SigtermInEpoch2()
+    with pytest.raises(signals.Terminated) as stop:
+        with signals.deferred():  # as train() fits
+            model.fit(x, y, validation_data=(x, y), batch_size=2, epochs=3, verbose=0,
+                      callbacks=[sender, *make_callbacks(run)])
+    # The cause: StopOnSigterm raised at the end of the batch the signal came in ...
+    raised_in = traceback.extract_tb(stop.tb)[-1]
+    lines, first = inspect.getsourcelines(StopOnSigterm.on_train_batch_end)
+    assert raised_in.filename == inspect.getsourcefile(StopOnSigterm)
+    assert first <= raised_in.lineno < first + len(lines)
+    assert sender.ended[-1] == (1, 2)
+    # ... so the backup and the history stay at the end of epoch 1, the last whole one.
+    assert run.completed_epochs() == 1 and len(history(run.path)) == 1
 
 
 @pytest.mark.slow
