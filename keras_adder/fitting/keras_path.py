@@ -16,7 +16,7 @@ from tensorflow.python.framework.config import disable_op_determinism
 from keras_adder.core import signals
 from keras_adder.core.constants import DEFAULT_EXPORT_DIR, TRAIN_SIZE, VALIDATION_SIZE
 from keras_adder.core.errors import KerasAdderError
-from keras_adder.core.files import check_writable, read_json
+from keras_adder.core.files import check_writable
 from keras_adder.data import pipeline
 from keras_adder.fitting import distribution
 from keras_adder.fitting.callbacks import StopOnNaN, make_callbacks
@@ -40,7 +40,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     run, start_epoch, finished = _open(run_dir, config, strategy)
     if finished:
         print(f"{run_dir} is a finished run; not training again.")
-        return read_json(run.metrics) if distribution.is_chief(strategy) else None
+        return run.metrics_read() if distribution.is_chief(strategy) else None
     export_dir = _export_dir(run, strategy, export_dir, export_version)
 
     # 1. Data: 5,000 training images held out for validation; every image zipped
@@ -73,7 +73,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     train_seconds = time.perf_counter() - started
 
     # 4. Test the best epoch, export it, and serve it if it is at least as good.
-    best = keras.saving.load_model(run.best_model)
+    best = run.read_best_model()
     test = exhaustive.evaluate_on_test(best, test_images, test_labels, seed=recipe.seed)
     export_path = _export(run, best, export_dir, export_version, promote, recipe.seed,
                           validation=(val_images, val_labels), check_images=test_images[:64],
