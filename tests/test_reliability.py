@@ -24,6 +24,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import global_state_kept
 from training_runs import (
     EPOCHS,
     assert_same_run,
@@ -42,6 +43,7 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import temporary_sibling, write_atomically
 from keras_adder.core.recipe import MAX_SEED
 from keras_adder.data.idx import read_idx
+from keras_adder.fitting import keras_path as train_path
 from keras_adder.fitting.callbacks import StopOnSigterm, make_callbacks
 from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory, open_run
 from keras_adder.reports import exhaustive as evaluation
@@ -561,3 +563,72 @@ def test_a_bad_mnist_index_is_refused_before_tensorflow_starts():
                             capture_output=True, text=True, timeout=600, env=child_env())
     assert (result.returncode, result.stdout) == (EXIT_USAGE, "False\n")
     assert result.stderr == "error: MNIST test index 10000 is outside 0-9999\n"
+
+
+# --- 11. Damaged run files: one line naming the file, nothing deleted (issue 34) -------
+
+RUN_FLAGS = ["--epochs", "2", "--train-examples", "64"]
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Ends fit after the backup of epoch `epoch` (1-based), as a crash would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise SystemExit("crashed")
+
+
+def crashed_run(root, data_dir, epoch):
+    """A real run of RUN_FLAGS that died right after the backup of `epoch`."""
+    make = train_path.make_callbacks
+    with pytest.MonkeyPatch.context() as patch, global_state_kept():
+        patch.setattr(train_path, "make_callbacks",
+                      lambda *a, **k: [*make(*a, **k), StopAfterEpoch(epoch)])
+        with pytest.raises(SystemExit):
+            train.main([*RUN_FLAGS, "--data-dir", str(data_dir), "--run-dir", str(root / "run"),
+                        "--export-dir", str(root / "export")])
+    return root
+
+
+@pytest.fixture(scope="module")
+def crashed_runs(tmp_path_factory, data_dir):
+    """{1: a run that died after epoch 1 of 2, 2: one that died after epoch 2, before
+    testing}: the second reads best.keras at once, the first the backup's weights."""
+    return {epoch: crashed_run(tmp_path_factory.mktemp(f"crashed{epoch}"), data_dir, epoch)
+            for epoch in (1, 2)}
+
+
+# file in the run, the crashed run it is damaged in, a whole file to write first (or None)
+RUN_FILES = [
+    ("config.json", 1, None),
+    ("history.csv", 1, None),
+    ("diverged.json", 1, '{"epoch": 1, "batch": 3}'),
+    ("export.json", 1, '{"candidate": "saved_model"}'),
+    ("metrics.json", 1, '{"test": {"digit_accuracy": 0.5}}'),
+    ("backup/training_metadata.json", 1, None),
+    ("backup/latest.weights.h5", 1, None),
+    ("best.keras", 2, None),
+]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+@pytest.mark.parametrize("name, epoch, whole", RUN_FILES)
+def test_a_damaged_run_file_is_named_in_one_line_and_nothing_is_deleted(
+        crashed_runs, tmp_path, data_dir, capsys, name, epoch, whole, damage):
+    shutil.copytree(crashed_runs[epoch] / "run", tmp_path / "run")
+    damaged = tmp_path / "run" / name
+    if whole is not None:
+        damaged.write_text(whole)
+    content = damaged.read_bytes()
+    damaged.write_bytes(content[:len(content) // 2] if damage == "truncated" else b"")
+    before = snapshot(tmp_path)
+    line = refused(train.main, [*RUN_FLAGS, "--data-dir", data_dir, "--run-dir",
+                                tmp_path / "run", "--export-dir", tmp_path / "export"], capsys)
+    assert line.startswith(f"error: {damaged} is damaged or unreadable (")
+    assert line.endswith(f"); nothing was changed: start a new --run-dir, or delete "
+                         f"{tmp_path / 'run'} to start this run over")
+    assert snapshot(tmp_path) == before

@@ -70,10 +70,10 @@ class RunDirectory:
         try:
             return load(path)
         except KerasAdderError as error:
-            raise KerasAdderError(f"{error}; {self.advice}") from None
+            reason = str(error).removeprefix(f"{path}: ")
         except Exception as error:  # h5py and Keras raise many kinds for a damaged file
-            raise KerasAdderError(f"{path} is damaged or unreadable "
-                                  f"({os_error_reason(error)}); {self.advice}") from None
+            reason = os_error_reason(error)
+        raise KerasAdderError(f"{path} is damaged or unreadable ({reason}); {self.advice}")
 
     def read_best_model(self):
         return self.read_keras(self.best_model, load_keras_model)
