@@ -632,3 +632,85 @@ def test_a_damaged_run_file_is_named_in_one_line_and_nothing_is_deleted(
     assert line.endswith(f"); nothing was changed: start a new --run-dir, or delete "
                          f"{tmp_path / 'run'} to start this run over")
     assert snapshot(tmp_path) == before
+
+
+# --- 12. Every command checks its outputs and packages before any work (issue 34) ------
+
+COMMAND_THEN_SAY_IF_TENSORFLOW_STARTED = """
+import importlib, os, sys
+for package in filter(None, os.environ.get("BLOCKED_PACKAGES", "").split(",")):
+    sys.modules[package] = None  # find_spec answers None, an import fails: not installed
+from keras_adder import cli
+command = importlib.import_module("keras_adder." + sys.argv[1])
+try:
+    cli.run(command.main, sys.argv[2:])
+finally:
+    print("tensorflow" in sys.modules)
+"""
+
+# command and arguments (<tmp> is the test's folder), packages made missing, message
+REFUSED_AT_ONCE = {
+    "bench --output in a missing folder": (
+        "bench --quick --output <tmp>/missing/bench.json", "",
+        "--output <tmp>/missing/bench.json: folder <tmp>/missing does not exist"),
+    "bench --output is a folder": (
+        "bench --quick --output <tmp>", "", "--output <tmp>: is a directory"),
+    "bench without ONNX Runtime": (
+        "bench --quick --output <tmp>/bench.json", "onnxruntime",
+        "bench (it measures LiteRT and ONNX Runtime) needs onnxruntime: "
+        "pip install -r requirements-export.txt"),
+    "train --run-dir under a file": (
+        "train --run-dir <tmp>/notes.txt/run --export-dir <tmp>/export", "",
+        "cannot create run directory <tmp>/notes.txt/run: <tmp>/notes.txt is not a directory"),
+    "train --export-dir under a file": (
+        "train --run-dir <tmp>/run --export-dir <tmp>/notes.txt/m", "",
+        "cannot create export directory <tmp>/notes.txt/m: <tmp>/notes.txt is not a directory"),
+    "train --export-format without its package": (
+        "train --run-dir <tmp>/run --export-dir <tmp>/export --export-format litert",
+        "ai_edge_litert", "--export-format needs ai_edge_litert: "
+        "pip install -r requirements-export.txt"),
+    "evaluate --output-dir under a file": (
+        "evaluate <tmp>/model.keras --output-dir <tmp>/notes.txt/eval", "",
+        "cannot create output directory <tmp>/notes.txt/eval: <tmp>/notes.txt is not a "
+        "directory"),
+    "export --export-dir under a file": (
+        "export <tmp>/best.keras --export-dir <tmp>/notes.txt/m", "",
+        "cannot create export directory <tmp>/notes.txt/m: <tmp>/notes.txt is not a directory"),
+    "export --candidate-dir under a file": (
+        "export <tmp>/best.keras --export-dir <tmp>/m --candidate-dir <tmp>/notes.txt/c", "",
+        "cannot create candidate directory <tmp>/notes.txt/c: <tmp>/notes.txt is not a "
+        "directory"),
+    "export --output under a file": (
+        "export <tmp>/best.keras --format onnx --output <tmp>/notes.txt/m.onnx", "",
+        "cannot create folder of --output <tmp>/notes.txt: <tmp>/notes.txt is not a "
+        "directory"),
+    "export --format litert without its package": (
+        "export <tmp>/best.keras --format litert --output <tmp>/m.tflite", "ai_edge_litert",
+        "--format litert needs ai_edge_litert: pip install -r requirements-export.txt"),
+    "predict --show in a missing folder": (
+        "predict --mnist-test-index 0 --number 1 --show <tmp>/no/out.png", "",
+        "--show <tmp>/no/out.png: folder <tmp>/no does not exist"),
+    "predict --write-examples onto a folder": (
+        "predict --mnist-test-index 0 --number 1 --write-examples <tmp>/examples", "",
+        "--write-examples <tmp>/examples/inputs.json: is a directory"),
+    "demo without Gradio": (
+        "demo", "gradio", "the demo needs its requirements (import of gradio halted; None in "
+        "sys.modules): run `make demo` or pip install -r requirements-demo.txt"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_AT_ONCE)
+def test_every_command_checks_its_outputs_and_packages_before_any_work(case, tmp_path):
+    command, blocked, message = (text.replace("<tmp>", str(tmp_path))
+                                 for text in REFUSED_AT_ONCE[case])
+    (tmp_path / "notes.txt").write_text("a user's notes")
+    (tmp_path / "examples" / "inputs.json").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", COMMAND_THEN_SAY_IF_TENSORFLOW_STARTED, *command.split()],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=child_env(BLOCKED_PACKAGES=blocked))
+    # Refused before TensorFlow starts: before any measurement, training or evaluation.
+    assert (result.returncode, result.stdout) == (EXIT_USAGE, "False\n"), result.stderr
+    assert result.stderr == f"error: {message}\n"
+    assert snapshot(tmp_path) == before

@@ -59,6 +59,21 @@ def check_writable(path, what):
         raise KerasAdderError(f"{what} {path} is not writable")
 
 
+def check_output_file(path, what, *, parents=False):
+    """Fail before any work when the file `path` cannot be written (creates nothing):
+    it must not be a folder, and its folder must exist and be writable, or, with
+    `parents` (the writer creates missing folders), be creatable."""
+    path = Path(path)
+    if path.is_dir():
+        raise KerasAdderError(f"{what} {path}: is a directory")
+    if parents:
+        check_writable(path.parent, f"folder of {what}")
+    elif not path.parent.is_dir():
+        raise KerasAdderError(f"{what} {path}: folder {path.parent} does not exist")
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        raise KerasAdderError(f"{what} {path}: folder {path.parent} is not writable")
+
+
 def make_dir(path, what):
     """Create the folder `path` (and its parents) or fail with a clear error."""
     path = Path(path)
