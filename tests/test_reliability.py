@@ -30,6 +30,7 @@ from training_runs import (
     assert_same_run,
     backed_up_epochs,
     history,
+    kill_after_backup,
     run_to_end,
     snapshot,
     start_until_backup,
@@ -714,3 +715,45 @@ def test_every_command_checks_its_outputs_and_packages_before_any_work(case, tmp
     assert (result.returncode, result.stdout) == (EXIT_USAGE, "False\n"), result.stderr
     assert result.stderr == f"error: {message}\n"
     assert snapshot(tmp_path) == before
+
+
+# --- 13. A full disk during training (issue 34) ----------------------------------------
+
+TRAIN_WITH_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from keras_adder import cli, train
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+cli.run(train.main, sys.argv[2:])
+"""
+# Bigger than the JSON and CSV files of a run, smaller than best.keras and the backup's
+# weights: their next write fails as on a full disk, without root or a tmpfs.
+FILE_SIZE_LIMIT = 64 * 1024
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_training_is_one_line_keeps_the_last_backup_and_resumes(tmp_path):
+    command = train_command(tmp_path)
+    run_dir = tmp_path / "run"
+    kill_after_backup(command, run_dir, epochs=1)
+    kept = {path: content for path, content in snapshot(run_dir).items()
+            if path.name in ("best.keras", *BACKUP_FILES)}
+    assert len(kept) == 3 and all(len(content[1]) > FILE_SIZE_LIMIT
+                                  for path, content in kept.items() if path.suffix != ".json")
+    full = subprocess.run([sys.executable, "-c", TRAIN_WITH_A_FILE_SIZE_LIMIT,
+                           str(FILE_SIZE_LIMIT), *command[3:]],
+                          capture_output=True, text=True, timeout=600, env=child_env())
+    assert full.returncode == EXIT_USAGE, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    assert re.fullmatch(
+        rf"error: cannot write {re.escape(str(run_dir))}/(best\.keras|backup/latest\.weights"
+        r"\.h5) \(File too large\); the run keeps its last whole epoch: free some space and "
+        r"rerun the same command to resume", full.stderr.strip().splitlines()[-1])
+    # Epoch 1's checkpoint and backup are whole, and nothing half-written is left.
+    after = snapshot(run_dir)
+    assert {path: after.get(path) for path in kept} == kept
+    assert not [path for path in after if ".tmp" in path.name]
+    stdout = run_to_end(command)  # space is back
+    assert f"Resuming {run_dir} after epoch 1 of {EPOCHS}." in stdout
+    assert len(history(run_dir)) == EPOCHS and (run_dir / "metrics.json").exists()
