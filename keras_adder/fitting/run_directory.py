@@ -2,14 +2,15 @@
 
     config.json     the recipe; a rerun with other settings is refused
     history.csv     one row per finished epoch (Keras' CSVLogger)
-    best.keras      the best epoch by validation loss (ModelCheckpoint)
+    best.keras      the best epoch by validation loss (ModelCheckpoint, written aside)
     backup/         BackupAndRestore's state, kept until metrics.json exists
     saved_model/    the run's SavedModel (the candidate), served only if promoted
     export.json     what was exported and promoted, written right after each step
     metrics.json    the test figures: the run is finished
     diverged.json   the loss became NaN: the run cannot go on
 
-One process at a time: a second one on the same directory is refused (an OS lock on
+Every file is read back through `RunDirectory.read` or `read_keras`: a damaged one stops
+the command with one line naming it; nothing is deleted. One process at a time: a second one on the same directory is refused (an OS lock on
 the folder, released when its holder dies). The project never deletes a file it did not write.
 """
 
