@@ -10,8 +10,9 @@
     diverged.json   the loss became NaN: the run cannot go on
 
 Every file is read back through `RunDirectory.read` or `read_keras`: a damaged one stops
-the command with one line naming it; nothing is deleted. One process at a time: a second one on the same directory is refused (an OS lock on
-the folder, released when its holder dies). The project never deletes a file it did not write.
+the command with one line naming it; nothing is deleted. One process at a time: a second
+one on the same directory is refused (an OS lock on the folder, released when its holder
+dies). The project never deletes a file it did not write.
 """
 
 import csv
