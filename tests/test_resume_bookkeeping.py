@@ -17,7 +17,7 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.recipe import make_recipe
 from keras_adder.fitting import distribution, keras_path
 from keras_adder.fitting import run_directory as resume
-from keras_adder.fitting.callbacks import make_callbacks
+from keras_adder.fitting.callbacks import make_callbacks, run_writes
 from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory
 
 
@@ -61,7 +61,7 @@ def toy_model():
 
 def fit_with_run_callbacks(run, best_val_loss, epochs=2):
     """Fit the toy model with the run's callbacks."""
-    run.path.mkdir()  # as RunDirectory.start does
+    run.path.mkdir(exist_ok=True)  # as RunDirectory.start does
     x = np.arange(16, dtype="float32").reshape(8, 2)
     y = np.ones((8, 1), "float32")
     history = toy_model().fit(x, y, validation_data=(x, y), epochs=epochs, verbose=0,
@@ -168,3 +168,20 @@ def test_backups_at_different_epochs_are_refused(monkeypatch):
     assert str(error.value) == (
         "the workers' backups are at different epochs (2 to 3); a worker was stopped "
         "during a backup: start a new --run-dir")
+
+
+def test_a_full_disk_under_the_history_is_one_line_and_the_backup_stays(tmp_path, monkeypatch):
+    run = RunDirectory(tmp_path / "run")
+    fit_with_run_callbacks(run, best_val_loss=None, epochs=1)
+    backup = {path.name: path.read_bytes() for path in run.backup.iterdir()}
+
+    def disk_full(self, epoch, logs=None):  # CSVLogger runs before the backup is written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", disk_full)
+    with pytest.raises(KerasAdderError) as error, run_writes(run):
+        fit_with_run_callbacks(run, best_val_loss=None, epochs=2)
+    assert str(error.value) == (
+        f"cannot write {run.path} (No space left on device); the run keeps its last whole "
+        "epoch: free some space and rerun the same command to resume")
+    assert {path.name: path.read_bytes() for path in run.backup.iterdir()} == backup

@@ -1,6 +1,7 @@
-"""The callbacks of `model.fit`: Keras' own, plus the two that resume and divergence
-need."""
+"""The callbacks of `model.fit`: Keras' own, two of them writing aside, plus those that
+resume, divergence and SIGTERM need."""
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -84,7 +85,6 @@ class StopOnSigterm(keras.callbacks.Callback):
             raise signals.Terminated()
 
 
-
 def _cannot_write(path, error):
     return KerasAdderError(
         f"cannot write {path} ({os_error_reason(error)}); the run keeps its last whole "
@@ -98,6 +98,16 @@ def write_aside(path, write, suffix=None):
         write_atomically(path, write, suffix)
     except Exception as error:  # h5py reports a full disk as OSError or RuntimeError
         raise _cannot_write(path, error) from None
+
+
+@contextlib.contextmanager
+def run_writes(run):
+    """Around `fit`: an OSError of the writers that do not write aside (CSVLogger's
+    history.csv, TensorBoard) becomes the same one line as a failed write_aside."""
+    try:
+        yield
+    except OSError as error:
+        raise _cannot_write(error.filename or run.path, error) from None
 
 
 class BestModelAside(keras.callbacks.ModelCheckpoint):

@@ -19,7 +19,7 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import check_writable
 from keras_adder.data import pipeline
 from keras_adder.fitting import distribution
-from keras_adder.fitting.callbacks import StopOnNaN, make_callbacks
+from keras_adder.fitting.callbacks import StopOnNaN, make_callbacks, run_writes
 from keras_adder.fitting.run_directory import RunDirectory, open_run
 from keras_adder.model.architectures import build_model, compile_model
 from keras_adder.reports import exhaustive
@@ -65,7 +65,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
                                tensorboard=tensorboard)
     started = time.perf_counter()
     if start_epoch < recipe.epochs:
-        with signals.deferred():  # SIGTERM: stop at the next batch, see StopOnSigterm
+        with signals.deferred(), run_writes(run):  # see StopOnSigterm; a full disk: one line
             model.fit(train_batches, validation_data=val_batches, epochs=recipe.epochs,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
                       shuffle=False)  # the pipeline shuffles, per epoch, from the seed
