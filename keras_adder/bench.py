@@ -10,8 +10,10 @@ Prints two tables and writes bench.json; docs/performance.md describes the measu
 
 import argparse
 
-from keras_adder.cli import run
+from keras_adder.cli import require_packages, run
 from keras_adder.core import startup
+from keras_adder.core.constants import RUNTIME_FORMATS
+from keras_adder.core.files import check_output_file
 
 
 def _training_rows(training):
@@ -87,6 +89,10 @@ def main(argv=None):
     parser.add_argument("--output", default="bench.json",
                         help="where to write the results (default: bench.json)")
     args = parser.parse_args(argv)
+    # Before any measurement: a full run takes 45 minutes, and its figures would be lost.
+    check_output_file(args.output, "--output")
+    require_packages([package for packages in RUNTIME_FORMATS.values() for package in packages],
+                     "bench (it measures LiteRT and ONNX Runtime)")
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
     from keras_adder.measurements.suite import run_benchmark

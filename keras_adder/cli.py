@@ -4,6 +4,7 @@ Only the command modules (train, evaluate, predict, export, bench, demo) import 
 """
 
 import argparse
+import importlib.util
 import os
 import sys
 
@@ -39,6 +40,14 @@ def run(main, argv=None):
             sys.stderr.flush()
             os._exit(EXIT_TERMINATED)
         sys.exit(EXIT_TERMINATED)
+
+
+def require_packages(packages, what, requirements="requirements-export.txt"):
+    """Fail before any work when an optional package that `what` will need is missing."""
+    missing = [package for package in packages if importlib.util.find_spec(package) is None]
+    if missing:
+        raise KerasAdderError(f"{what} needs {', '.join(missing)}: "
+                              f"pip install -r {requirements}")
 
 
 def checked_integer(text, *, what="", low=None, high=None, noun="an integer"):

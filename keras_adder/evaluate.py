@@ -12,6 +12,7 @@ from pathlib import Path
 
 from keras_adder.cli import positive_int, run
 from keras_adder.core import startup
+from keras_adder.core.files import check_writable
 from keras_adder.core.constants import (
     EVALUATION_BATCH,
     EVALUATION_DIR,
@@ -41,6 +42,7 @@ def main(argv=None):
     parser.add_argument("--no-figures", dest="figures", action="store_false",
                         help="write evaluation.json only")
     args = parser.parse_args(argv)
+    check_writable(args.output_dir, "output directory")  # before minutes of evaluation
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
     from keras_adder.reports.exhaustive import EVALUATION_FILE, evaluate, format_report

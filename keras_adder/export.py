@@ -10,7 +10,7 @@ The signature, the checks and the atomic write are described in
 import argparse
 from pathlib import Path
 
-from keras_adder.cli import positive_int, run
+from keras_adder.cli import positive_int, require_packages, run
 from keras_adder.core import startup
 from keras_adder.core.constants import (
     DEFAULT_EXPORT_DIR,
@@ -18,9 +18,11 @@ from keras_adder.core.constants import (
     RUNTIME_FORMATS,
 )
 from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import check_output_file, check_writable
 from keras_adder.core.recipe import RECIPES
 
 EXPORT_FORMATS = ("saved_model", *RUNTIME_FORMATS)
+RUNTIME_SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}  # as serving.runtimes.FORMATS
 
 
 def build_parser():
@@ -56,10 +58,25 @@ def build_parser():
     return parser
 
 
+def _check_outputs(args):
+    """Every path export writes, and the packages it needs, before any work."""
+    if args.format == "saved_model":
+        check_writable(args.export_dir, "export directory")
+        check_writable(args.candidate_dir or Path(args.model).parent / "saved_model",
+                       "candidate directory")
+        return
+    require_packages(RUNTIME_FORMATS[args.format], f"--format {args.format}")
+    output = Path(args.output or args.export_dir)
+    suffix = RUNTIME_SUFFIXES[args.format]
+    check_output_file(output if output.suffix == suffix else output.with_name(output.name + suffix),
+                      "--output", parents=True)
+
+
 def main(argv=None):
     args = build_parser().parse_args(argv)
     if args.format == "saved_model" and (args.output or args.quantize):
         raise KerasAdderError("--output and --quantize are for --format litert or onnx")
+    _check_outputs(args)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
     from keras_adder.data import pipeline

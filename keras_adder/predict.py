@@ -27,6 +27,7 @@ from keras_adder.core.constants import (
     TEST_SIZE,
 )
 from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import check_output_file
 from keras_adder.data.pictures import UNSURE_BELOW, is_unsure, load_digit, load_npy
 from keras_adder.reports import plots
 from keras_adder.serving.rest import write_request_examples
@@ -108,10 +109,7 @@ def format_table(rows):
 
 def _check_picture_path(path):
     path = Path(path)
-    if not path.parent.is_dir():
-        raise KerasAdderError(f"--show {path}: folder {path.parent} does not exist")
-    if path.is_dir():
-        raise KerasAdderError(f"--show {path}: is a directory")
+    check_output_file(path, "--show")
     formats = plots.picture_formats()
     if path.suffix.lower().lstrip(".") not in formats:
         raise KerasAdderError(
@@ -179,6 +177,8 @@ def main(argv=None):
     indices = parse_integers(args.mnist_test_index, "MNIST test index", 0, TEST_SIZE - 1)
     if args.write_examples and not Path(args.write_examples).is_dir():
         raise KerasAdderError(f"--write-examples {args.write_examples}: folder does not exist")
+    for name in ("instances.json", "inputs.json") if args.write_examples else ():
+        check_output_file(Path(args.write_examples) / name, "--write-examples")
     if args.show:
         _check_picture_path(args.show)
     sources, images = load_files(args.images, args.prepare)

@@ -11,11 +11,10 @@ command with the same --run-dir after a crash or SIGTERM resumes it.
 """
 
 import argparse
-import importlib.util
 from datetime import datetime
 from pathlib import Path
 
-from keras_adder.cli import integer, number, positive_int, run
+from keras_adder.cli import integer, number, positive_int, require_packages, run
 from keras_adder.core import signals, startup
 from keras_adder.core.constants import (
     ARCHITECTURES,
@@ -26,6 +25,7 @@ from keras_adder.core.constants import (
     STRATEGIES,
 )
 from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import check_writable
 from keras_adder.core.recipe import RECIPES, make_recipe, settings
 
 
@@ -92,12 +92,12 @@ def main(argv=None):
     if args.strategy == "multiworker" and not args.run_dir:
         raise KerasAdderError("--strategy multiworker needs --run-dir: every worker must "
                               "name the same run (also to resume it)")
-    missing = [package for kind in args.export_formats for package in RUNTIME_FORMATS[kind]
-               if importlib.util.find_spec(package) is None]
-    if missing:
-        raise KerasAdderError(f"--export-format needs {', '.join(missing)}: "
-                              "pip install -r requirements-export.txt")
+    require_packages([package for kind in args.export_formats
+                      for package in RUNTIME_FORMATS[kind]], "--export-format")
     run_dir = Path(args.run_dir or Path(RUNS_DIR) / datetime.now().strftime("%Y%m%d-%H%M%S"))
+    if not args.dry_run:
+        check_writable(run_dir, "run directory")
+        check_writable(args.export_dir, "export directory")
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help and bad flags never need.
     from keras_adder.fitting import keras_path

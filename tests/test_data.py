@@ -9,12 +9,16 @@ import pytest
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data.idx import MNIST_FILES, load_mnist_dir, read_idx
 from keras_adder.data.pipeline import (
+    TEST_STREAM,
+    VALIDATION_STREAM,
     eval_dataset,
     load_mnist,
+    paired_numbers,
     resolve_data_dir,
     split_validation,
     steps_per_epoch,
     train_dataset,
+    validation_dataset,
 )
 
 
@@ -241,6 +245,17 @@ def test_eval_dataset_pairing_is_fixed_by_seed():
     assert not np.array_equal(first[1], other[1])
     np.testing.assert_array_equal(first[2], labels)  # evaluation keeps the file order
     np.testing.assert_array_equal(first[0][..., 0], images / np.float32(255))
+
+
+def test_validation_numbers_come_from_their_own_stream_not_the_tests():
+    # Model selection (ModelCheckpoint, promotion) must not see the test set's pairing.
+    images, labels = small_set()
+    _, numbers, digits, sums = collect(validation_dataset(images, labels, batch_size=64, seed=11))
+    drawn = numbers.argmax(axis=1)
+    np.testing.assert_array_equal(drawn, paired_numbers(len(labels), 11, VALIDATION_STREAM))
+    assert not np.array_equal(drawn, paired_numbers(len(labels), 11, TEST_STREAM))
+    np.testing.assert_array_equal(digits, labels)
+    np.testing.assert_array_equal(sums, labels + drawn)
 
 
 def test_validation_split_is_the_last_5000(mnist):

@@ -127,6 +127,35 @@ def test_batchnorm_folding(trained_model, mnist):
                for layer in fold_batchnorm(branched).layers)
 
 
+@pytest.mark.parametrize("epsilon, scale, center, use_bias", [
+    (0.5, True, True, True),  # an epsilon large enough that dropping it shows
+    (1e-3, False, True, False),
+    (0.25, True, False, True),
+])
+def test_batchnorm_folding_keeps_every_term_of_the_normalisation(epsilon, scale, center,
+                                                                 use_bias):
+    # No trained fixture: the product's own export check must not be what catches a fold
+    # that drops a term; this test's comparison must.
+    import keras
+
+    rng = np.random.default_rng(0)
+    image = keras.Input((6, 6, 2))
+    conv = keras.layers.Conv2D(3, 3, padding="same", use_bias=use_bias)(image)
+    bn = keras.layers.BatchNormalization(epsilon=epsilon, scale=scale, center=center)
+    model = keras.Model(image, keras.layers.ReLU()(bn(conv)))
+    # Every weight and moving statistic far from its initial 0 or 1, so each term moves
+    # the answer; small variances, so that epsilon matters.
+    model.set_weights([rng.normal(size=w.shape).astype("float32")
+                       for w in model.get_weights()])
+    bn.moving_variance.assign(rng.uniform(0.05, 0.3, 3).astype("float32"))
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization)
+                   for layer in folded.layers)
+    inputs = rng.normal(size=(8, 6, 6, 2)).astype("float32")
+    np.testing.assert_allclose(np.asarray(folded(inputs, training=False)),
+                               np.asarray(model(inputs, training=False)), atol=1e-5)
+
+
 def test_the_saved_model_serves_the_folded_model(trained_run):
     import tensorflow as tf
 

@@ -7,6 +7,7 @@ memory limit, a file size limit, TensorFlow not imported) runs in a child proces
 """
 
 import gzip
+import inspect
 import json
 import os
 import re
@@ -16,16 +17,20 @@ import struct
 import subprocess
 import sys
 import time
+import traceback
 import zlib
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
+from conftest import global_state_kept
 from training_runs import (
     EPOCHS,
     assert_same_run,
     backed_up_epochs,
     history,
+    kill_after_backup,
     run_to_end,
     snapshot,
     start_until_backup,
@@ -39,6 +44,8 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import temporary_sibling, write_atomically
 from keras_adder.core.recipe import MAX_SEED
 from keras_adder.data.idx import read_idx
+from keras_adder.fitting import keras_path as train_path
+from keras_adder.fitting.callbacks import StopOnSigterm, make_callbacks
 from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory, open_run
 from keras_adder.reports import exhaustive as evaluation
 from keras_adder.serving import saved_model
@@ -304,6 +311,48 @@ def test_temporary_names_are_unique_beyond_the_process_id(tmp_path):
     assert all(str(os.getpid()) in name and name.endswith(".json") for name in names)
 
 
+class SigtermInEpoch2(keras.callbacks.Callback):
+    """Sends this process SIGTERM before batch 3 of epoch 2, and records each batch that
+    ends (it runs before the run's own callbacks)."""
+
+    def __init__(self):
+        super().__init__()
+        self.ended = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if (self.epoch, batch) == (1, 2):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.ended.append((self.epoch, batch))
+
+
+def test_sigterm_in_fit_is_stopped_by_the_callback_with_the_backup_at_the_epoch_before(
+        tmp_path, sigterm_raises):
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(1)(inputs))
+    model.compile(optimizer="sgd", loss="mse")
+    x, y = np.ones((8, 2), "float32"), np.ones((8, 1), "float32")
+    sender = SigtermInEpoch2()
+    with pytest.raises(signals.Terminated) as stop:
+        with signals.deferred():  # as train() fits
+            model.fit(x, y, validation_data=(x, y), batch_size=2, epochs=3, verbose=0,
+                      callbacks=[sender, *make_callbacks(run)])
+    # The cause: StopOnSigterm raised at the end of the batch the signal came in ...
+    raised_in = traceback.extract_tb(stop.tb)[-1]
+    lines, first = inspect.getsourcelines(StopOnSigterm.on_train_batch_end)
+    assert raised_in.filename == inspect.getsourcefile(StopOnSigterm)
+    assert first <= raised_in.lineno < first + len(lines)
+    assert sender.ended[-1] == (1, 2)
+    # ... so the backup and the history stay at the end of epoch 1, the last whole one.
+    assert run.completed_epochs() == 1 and len(history(run.path)) == 1
+
+
 @pytest.mark.slow
 def test_sigterm_mid_epoch_stops_within_seconds_and_resumes_bit_identically(
         tmp_path, uninterrupted_run):
@@ -515,3 +564,196 @@ def test_a_bad_mnist_index_is_refused_before_tensorflow_starts():
                             capture_output=True, text=True, timeout=600, env=child_env())
     assert (result.returncode, result.stdout) == (EXIT_USAGE, "False\n")
     assert result.stderr == "error: MNIST test index 10000 is outside 0-9999\n"
+
+
+# --- 11. Damaged run files: one line naming the file, nothing deleted (issue 34) -------
+
+RUN_FLAGS = ["--epochs", "2", "--train-examples", "64"]
+
+
+class StopAfterEpoch(keras.callbacks.Callback):
+    """Ends fit after the backup of epoch `epoch` (1-based), as a crash would."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epoch:
+            raise SystemExit("crashed")
+
+
+def crashed_run(root, data_dir, epoch):
+    """A real run of RUN_FLAGS that died right after the backup of `epoch`."""
+    make = train_path.make_callbacks
+    with pytest.MonkeyPatch.context() as patch, global_state_kept():
+        patch.setattr(train_path, "make_callbacks",
+                      lambda *a, **k: [*make(*a, **k), StopAfterEpoch(epoch)])
+        with pytest.raises(SystemExit):
+            train.main([*RUN_FLAGS, "--data-dir", str(data_dir), "--run-dir", str(root / "run"),
+                        "--export-dir", str(root / "export")])
+    return root
+
+
+@pytest.fixture(scope="module")
+def crashed_runs(tmp_path_factory, data_dir):
+    """{1: a run that died after epoch 1 of 2, 2: one that died after epoch 2, before
+    testing}: the second reads best.keras at once, the first the backup's weights."""
+    return {epoch: crashed_run(tmp_path_factory.mktemp(f"crashed{epoch}"), data_dir, epoch)
+            for epoch in (1, 2)}
+
+
+# file in the run, the crashed run it is damaged in, a whole file to write first (or None)
+RUN_FILES = [
+    ("config.json", 1, None),
+    ("history.csv", 1, None),
+    ("diverged.json", 1, '{"epoch": 1, "batch": 3}'),
+    ("export.json", 1, '{"candidate": "saved_model"}'),
+    ("metrics.json", 1, '{"test": {"digit_accuracy": 0.5}}'),
+    ("backup/training_metadata.json", 1, None),
+    ("backup/latest.weights.h5", 1, None),
+    ("best.keras", 2, None),
+]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+@pytest.mark.parametrize("name, epoch, whole", RUN_FILES)
+def test_a_damaged_run_file_is_named_in_one_line_and_nothing_is_deleted(
+        crashed_runs, tmp_path, data_dir, capsys, name, epoch, whole, damage):
+    shutil.copytree(crashed_runs[epoch] / "run", tmp_path / "run")
+    damaged = tmp_path / "run" / name
+    if whole is not None:
+        damaged.write_text(whole)
+    content = damaged.read_bytes()
+    damaged.write_bytes(content[:len(content) // 2] if damage == "truncated" else b"")
+    before = snapshot(tmp_path)
+    line = refused(train.main, [*RUN_FLAGS, "--data-dir", data_dir, "--run-dir",
+                                tmp_path / "run", "--export-dir", tmp_path / "export"], capsys)
+    assert line.startswith(f"error: {damaged} is damaged or unreadable (")
+    assert line.endswith(f"); nothing was changed: start a new --run-dir, or delete "
+                         f"{tmp_path / 'run'} to start this run over")
+    assert snapshot(tmp_path) == before
+
+
+# --- 12. Every command checks its outputs and packages before any work (issue 34) ------
+
+COMMAND_THEN_SAY_IF_TENSORFLOW_STARTED = """
+import importlib, os, sys
+for package in filter(None, os.environ.get("BLOCKED_PACKAGES", "").split(",")):
+    sys.modules[package] = None  # find_spec answers None, an import fails: not installed
+from keras_adder import cli
+command = importlib.import_module("keras_adder." + sys.argv[1])
+try:
+    cli.run(command.main, sys.argv[2:])
+finally:
+    print("tensorflow" in sys.modules)
+"""
+
+# command and arguments (<tmp> is the test's folder), packages made missing, message
+REFUSED_AT_ONCE = {
+    "bench --output in a missing folder": (
+        "bench --quick --output <tmp>/missing/bench.json", "",
+        "--output <tmp>/missing/bench.json: folder <tmp>/missing does not exist"),
+    "bench --output is a folder": (
+        "bench --quick --output <tmp>", "", "--output <tmp>: is a directory"),
+    "bench without ONNX Runtime": (
+        "bench --quick --output <tmp>/bench.json", "onnxruntime",
+        "bench (it measures LiteRT and ONNX Runtime) needs onnxruntime: "
+        "pip install -r requirements-export.txt"),
+    "train --run-dir under a file": (
+        "train --run-dir <tmp>/notes.txt/run --export-dir <tmp>/export", "",
+        "cannot create run directory <tmp>/notes.txt/run: <tmp>/notes.txt is not a directory"),
+    "train --export-dir under a file": (
+        "train --run-dir <tmp>/run --export-dir <tmp>/notes.txt/m", "",
+        "cannot create export directory <tmp>/notes.txt/m: <tmp>/notes.txt is not a directory"),
+    "train --export-format without its package": (
+        "train --run-dir <tmp>/run --export-dir <tmp>/export --export-format litert",
+        "ai_edge_litert", "--export-format needs ai_edge_litert: "
+        "pip install -r requirements-export.txt"),
+    "evaluate --output-dir under a file": (
+        "evaluate <tmp>/model.keras --output-dir <tmp>/notes.txt/eval", "",
+        "cannot create output directory <tmp>/notes.txt/eval: <tmp>/notes.txt is not a "
+        "directory"),
+    "export --export-dir under a file": (
+        "export <tmp>/best.keras --export-dir <tmp>/notes.txt/m", "",
+        "cannot create export directory <tmp>/notes.txt/m: <tmp>/notes.txt is not a directory"),
+    "export --candidate-dir under a file": (
+        "export <tmp>/best.keras --export-dir <tmp>/m --candidate-dir <tmp>/notes.txt/c", "",
+        "cannot create candidate directory <tmp>/notes.txt/c: <tmp>/notes.txt is not a "
+        "directory"),
+    "export --output under a file": (
+        "export <tmp>/best.keras --format onnx --output <tmp>/notes.txt/m.onnx", "",
+        "cannot create folder of --output <tmp>/notes.txt: <tmp>/notes.txt is not a "
+        "directory"),
+    "export --format litert without its package": (
+        "export <tmp>/best.keras --format litert --output <tmp>/m.tflite", "ai_edge_litert",
+        "--format litert needs ai_edge_litert: pip install -r requirements-export.txt"),
+    "predict --show in a missing folder": (
+        "predict --mnist-test-index 0 --number 1 --show <tmp>/no/out.png", "",
+        "--show <tmp>/no/out.png: folder <tmp>/no does not exist"),
+    "predict --write-examples onto a folder": (
+        "predict --mnist-test-index 0 --number 1 --write-examples <tmp>/examples", "",
+        "--write-examples <tmp>/examples/inputs.json: is a directory"),
+    "demo without Gradio": (
+        "demo", "gradio", "the demo needs its requirements (import of gradio halted; None in "
+        "sys.modules): run `make demo` or pip install -r requirements-demo.txt"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED_AT_ONCE)
+def test_every_command_checks_its_outputs_and_packages_before_any_work(case, tmp_path):
+    command, blocked, message = (text.replace("<tmp>", str(tmp_path))
+                                 for text in REFUSED_AT_ONCE[case])
+    (tmp_path / "notes.txt").write_text("a user's notes")
+    (tmp_path / "examples" / "inputs.json").mkdir(parents=True)
+    before = snapshot(tmp_path)
+    result = subprocess.run(
+        [sys.executable, "-c", COMMAND_THEN_SAY_IF_TENSORFLOW_STARTED, *command.split()],
+        capture_output=True, text=True, timeout=600, cwd=tmp_path,
+        env=child_env(BLOCKED_PACKAGES=blocked))
+    # Refused before TensorFlow starts: before any measurement, training or evaluation.
+    assert (result.returncode, result.stdout) == (EXIT_USAGE, "False\n"), result.stderr
+    assert result.stderr == f"error: {message}\n"
+    assert snapshot(tmp_path) == before
+
+
+# --- 13. A full disk during training (issue 34) ----------------------------------------
+
+TRAIN_WITH_A_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from keras_adder import cli, train
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+cli.run(train.main, sys.argv[2:])
+"""
+# Bigger than the JSON and CSV files of a run, smaller than best.keras and the backup's
+# weights: their next write fails as on a full disk, without root or a tmpfs.
+FILE_SIZE_LIMIT = 64 * 1024
+
+
+@pytest.mark.slow
+def test_a_full_disk_in_training_is_one_line_keeps_the_last_backup_and_resumes(tmp_path):
+    command = train_command(tmp_path)
+    run_dir = tmp_path / "run"
+    kill_after_backup(command, run_dir, epochs=1)
+    kept = {path: content for path, content in snapshot(run_dir).items()
+            if path.name in ("best.keras", *BACKUP_FILES)}
+    assert len(kept) == 3 and all(len(content[1]) > FILE_SIZE_LIMIT
+                                  for path, content in kept.items() if path.suffix != ".json")
+    full = subprocess.run([sys.executable, "-c", TRAIN_WITH_A_FILE_SIZE_LIMIT,
+                           str(FILE_SIZE_LIMIT), *command[3:]],
+                          capture_output=True, text=True, timeout=600, env=child_env())
+    assert full.returncode == EXIT_USAGE, full.stderr[-3000:]
+    assert "Traceback" not in full.stderr
+    assert re.fullmatch(
+        rf"error: cannot write {re.escape(str(run_dir))}/(best\.keras|backup/latest\.weights"
+        r"\.h5) \(File too large\); the run keeps its last whole epoch: free some space and "
+        r"rerun the same command to resume", full.stderr.strip().splitlines()[-1])
+    # Epoch 1's checkpoint and backup are whole, and nothing half-written is left.
+    after = snapshot(run_dir)
+    assert {path: after.get(path) for path in kept} == kept
+    assert not [path for path in after if ".tmp" in path.name]
+    stdout = run_to_end(command)  # space is back
+    assert f"Resuming {run_dir} after epoch 1 of {EPOCHS}." in stdout
+    assert len(history(run_dir)) == EPOCHS and (run_dir / "metrics.json").exists()

@@ -14,9 +14,10 @@ import pytest
 import tensorflow as tf
 
 from keras_adder.core.errors import KerasAdderError
-from keras_adder.fitting import distribution
+from keras_adder.core.recipe import make_recipe
+from keras_adder.fitting import distribution, keras_path
 from keras_adder.fitting import run_directory as resume
-from keras_adder.fitting.callbacks import make_callbacks
+from keras_adder.fitting.callbacks import make_callbacks, run_writes
 from keras_adder.fitting.run_directory import BACKUP_FILES, RunDirectory
 
 
@@ -44,7 +45,7 @@ def test_a_crash_before_the_first_backup_keeps_no_row(tmp_path):
     write_history(run, [0.3])
     assert run.keep_history(0) is None
     assert run.history_rows() == []
-    assert run.history.read_text().splitlines() == ["epoch,loss,val_loss"]
+    assert run.history.read_text() == ""  # CSVLogger writes its header again
     assert RunDirectory(tmp_path / "new").keep_history(0) is None
 
 
@@ -60,7 +61,7 @@ def toy_model():
 
 def fit_with_run_callbacks(run, best_val_loss, epochs=2):
     """Fit the toy model with the run's callbacks."""
-    run.path.mkdir()  # as RunDirectory.start does
+    run.path.mkdir(exist_ok=True)  # as RunDirectory.start does
     x = np.arange(16, dtype="float32").reshape(8, 2)
     y = np.ones((8, 1), "float32")
     history = toy_model().fit(x, y, validation_data=(x, y), epochs=epochs, verbose=0,
@@ -78,6 +79,38 @@ def test_a_resumed_run_replaces_the_checkpoint_only_with_a_better_epoch(
     run = RunDirectory(tmp_path / "run")
     fit_with_run_callbacks(run, best_val_loss=best_before_crash)
     assert run.best_model.exists() == saved
+
+
+class CallbacksMade(Exception):
+    """Ends `train` as soon as it has made its callbacks."""
+
+
+def test_train_hands_the_best_loss_before_the_crash_to_the_checkpoint(tmp_path, monkeypatch):
+    recipe = make_recipe("fast", epochs=3, train_examples=64)
+    run = RunDirectory(tmp_path / "run")
+    run.path.mkdir()
+    run.config.write_text(json.dumps({"recipe": "fast", **recipe.as_dict()}))
+    # Two epochs backed up; a third logged before the process died.
+    write_history(run, [0.5, 0.2, 0.1])
+    run.backup.mkdir()
+    (run.backup / "training_metadata.json").write_text(json.dumps({"epoch": 2}))
+    images = np.zeros((5_100, 28, 28), np.uint8)
+    labels = np.zeros(5_100, np.uint8)
+    monkeypatch.setattr(keras_path.pipeline, "load_mnist",
+                        lambda data_dir: ((images, labels), (images[:100], labels[:100])))
+    made = {}
+
+    def make_and_stop(*args, **kwargs):
+        made["callbacks"] = make_callbacks(*args, **kwargs)
+        raise CallbacksMade
+
+    monkeypatch.setattr(keras_path, "make_callbacks", make_and_stop)
+    with pytest.raises(CallbacksMade):
+        keras_path.train(recipe, recipe_name="fast", run_dir=run.path,
+                         export_dir=tmp_path / "export", strategy="auto")
+    (checkpoint,) = [callback for callback in made["callbacks"]
+                     if isinstance(callback, keras.callbacks.ModelCheckpoint)]
+    assert checkpoint.best == 0.2  # the best of the kept epochs, not 0.1 nor a fresh start
 
 
 def test_the_backup_outlives_the_last_epoch_until_metrics_are_written(tmp_path, monkeypatch):
@@ -135,3 +168,20 @@ def test_backups_at_different_epochs_are_refused(monkeypatch):
     assert str(error.value) == (
         "the workers' backups are at different epochs (2 to 3); a worker was stopped "
         "during a backup: start a new --run-dir")
+
+
+def test_a_full_disk_under_the_history_is_one_line_and_the_backup_stays(tmp_path, monkeypatch):
+    run = RunDirectory(tmp_path / "run")
+    fit_with_run_callbacks(run, best_val_loss=None, epochs=1)
+    backup = {path.name: path.read_bytes() for path in run.backup.iterdir()}
+
+    def disk_full(self, epoch, logs=None):  # CSVLogger runs before the backup is written
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", disk_full)
+    with pytest.raises(KerasAdderError) as error, run_writes(run):
+        fit_with_run_callbacks(run, best_val_loss=None, epochs=2)
+    assert str(error.value) == (
+        f"cannot write {run.path} (No space left on device); the run keeps its last whole "
+        "epoch: free some space and rerun the same command to resume")
+    assert {path.name: path.read_bytes() for path in run.backup.iterdir()} == backup

@@ -9,18 +9,21 @@ from pathlib import Path
 from keras_adder.core.errors import KerasAdderError
 
 
-def temporary_sibling(path, prefix="."):
-    """A hidden, unique name next to `path` that keeps its suffix.
+def temporary_sibling(path, prefix=".", suffix=None):
+    """A hidden, unique name next to `path` that keeps its suffix (or the longer
+    `suffix` it ends with, e.g. Keras' required ".weights.h5").
 
     Unique beyond the process id: two containers each running as PID 1 may share a
     volume.
     """
     path = Path(path)
-    return path.with_name(f"{prefix}{path.stem}.{os.getpid()}-{uuid.uuid4().hex[:12]}"
-                          f".tmp{path.suffix}")
+    suffix = path.suffix if suffix is None else suffix
+    stem = path.name[:len(path.name) - len(suffix)]
+    return path.with_name(f"{prefix}{stem}.{os.getpid()}-{uuid.uuid4().hex[:12]}"
+                          f".tmp{suffix}")
 
 
-def write_atomically(path, write):
+def write_atomically(path, write, suffix=None):
     """Call `write(staging_path)` on a hidden sibling of `path`, then rename it into place.
 
     A crash, Ctrl-C, SIGTERM or a full disk never leaves a half-written file under
@@ -29,7 +32,7 @@ def write_atomically(path, write):
     sibling keeps the suffix, so matplotlib's savefig picks the right format.
     """
     path = Path(path)
-    staging = temporary_sibling(path)
+    staging = temporary_sibling(path, suffix=suffix)
     try:
         write(staging)
         sync(staging)  # else a power cut after the rename may leave an empty file
@@ -72,6 +75,21 @@ def check_writable(path, what):
         raise KerasAdderError(f"{what} {path} is not writable")
 
 
+def check_output_file(path, what, *, parents=False):
+    """Fail before any work when the file `path` cannot be written (creates nothing):
+    it must not be a folder, and its folder must exist and be writable, or, with
+    `parents` (the writer creates missing folders), be creatable."""
+    path = Path(path)
+    if path.is_dir():
+        raise KerasAdderError(f"{what} {path}: is a directory")
+    if parents:
+        check_writable(path.parent, f"folder of {what}")
+    elif not path.parent.is_dir():
+        raise KerasAdderError(f"{what} {path}: folder {path.parent} does not exist")
+    elif not os.access(path.parent, os.W_OK | os.X_OK):
+        raise KerasAdderError(f"{what} {path}: folder {path.parent} is not writable")
+
+
 def make_dir(path, what):
     """Create the folder `path` (and its parents) or fail with a clear error."""
     path = Path(path)
@@ -84,9 +102,48 @@ def make_dir(path, what):
     return path
 
 
-def read_json(path):
-    """The JSON object in `path`, or a clear error naming the damaged file."""
+def os_error_reason(error):
+    """An OSError's reason in a few words ("No space left on device"), without the long
+    text some libraries (h5py) put in its message."""
+    if getattr(error, "errno", None):
+        return os.strerror(error.errno)
+    return str(error).splitlines()[0] if str(error) else type(error).__name__
+
+
+def read_checked(path, parse, advice):
+    """`parse(text)` of the file at `path`: the one reader of a file the project wrote
+    and reads back. A missing, empty, truncated or damaged file gives one KerasAdderError
+    naming it, what is wrong and `advice` (what to do); nothing is deleted. `parse`
+    raises ValueError (or KeyError, TypeError) for content it cannot use."""
+    path = Path(path)
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, ValueError) as error:
-        raise KerasAdderError(f"cannot read {path} ({error})") from None
+        text = path.read_text()
+        if not text.strip():
+            raise ValueError("it is empty")
+        return parse(text)
+    except OSError as error:
+        reason = os_error_reason(error)
+    except (ValueError, KeyError, TypeError) as error:
+        reason = str(error) or type(error).__name__
+    raise KerasAdderError(f"{path} is damaged or unreadable ({reason}); {advice}")
+
+
+def json_object(**fields):
+    """A parser for read_checked: a JSON object holding `fields` (name=type)."""
+    def parse(text):
+        try:
+            data = json.loads(text)
+        except ValueError as error:
+            raise ValueError(f"not whole JSON: {error}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"not a JSON object but {type(data).__name__}")
+        for name, kind in fields.items():
+            if not isinstance(data.get(name), kind) or isinstance(data.get(name), bool):
+                raise ValueError(f"no {kind.__name__} {name!r}")
+        return data
+    return parse
+
+
+def read_json(path, advice="delete it or write it again"):
+    """The JSON object in `path`, or a clear error naming the damaged file."""
+    return read_checked(path, json_object(), advice)

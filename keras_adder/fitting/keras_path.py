@@ -16,10 +16,10 @@ from tensorflow.python.framework.config import disable_op_determinism
 from keras_adder.core import signals
 from keras_adder.core.constants import DEFAULT_EXPORT_DIR, TRAIN_SIZE, VALIDATION_SIZE
 from keras_adder.core.errors import KerasAdderError
-from keras_adder.core.files import check_writable, read_json
+from keras_adder.core.files import check_writable
 from keras_adder.data import pipeline
 from keras_adder.fitting import distribution
-from keras_adder.fitting.callbacks import StopOnNaN, make_callbacks
+from keras_adder.fitting.callbacks import StopOnNaN, make_callbacks, run_writes
 from keras_adder.fitting.run_directory import RunDirectory, open_run
 from keras_adder.model.architectures import build_model, compile_model
 from keras_adder.reports import exhaustive
@@ -40,7 +40,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     run, start_epoch, finished = _open(run_dir, config, strategy)
     if finished:
         print(f"{run_dir} is a finished run; not training again.")
-        return read_json(run.metrics) if distribution.is_chief(strategy) else None
+        return run.metrics_read() if distribution.is_chief(strategy) else None
     export_dir = _export_dir(run, strategy, export_dir, export_version)
 
     # 1. Data: 5,000 training images held out for validation; every image zipped
@@ -65,7 +65,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
                                tensorboard=tensorboard)
     started = time.perf_counter()
     if start_epoch < recipe.epochs:
-        with signals.deferred():  # SIGTERM: stop at the next batch, see StopOnSigterm
+        with signals.deferred(), run_writes(run):  # see StopOnSigterm; a full disk: one line
             model.fit(train_batches, validation_data=val_batches, epochs=recipe.epochs,
                       steps_per_epoch=steps, callbacks=callbacks, verbose=verbose,
                       shuffle=False)  # the pipeline shuffles, per epoch, from the seed
@@ -73,7 +73,7 @@ def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=D
     train_seconds = time.perf_counter() - started
 
     # 4. Test the best epoch, export it, and serve it if it is at least as good.
-    best = keras.saving.load_model(run.best_model)
+    best = run.read_best_model()
     test = exhaustive.evaluate_on_test(best, test_images, test_labels, seed=recipe.seed)
     export_path = _export(run, best, export_dir, export_version, promote, recipe.seed,
                           validation=(val_images, val_labels), check_images=test_images[:64],

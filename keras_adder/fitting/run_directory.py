@@ -2,26 +2,36 @@
 
     config.json     the recipe; a rerun with other settings is refused
     history.csv     one row per finished epoch (Keras' CSVLogger)
-    best.keras      the best epoch by validation loss (ModelCheckpoint)
+    best.keras      the best epoch by validation loss (ModelCheckpoint, written aside)
     backup/         BackupAndRestore's state, kept until metrics.json exists
     saved_model/    the run's SavedModel (the candidate), served only if promoted
     export.json     what was exported and promoted, written right after each step
     metrics.json    the test figures: the run is finished
     diverged.json   the loss became NaN: the run cannot go on
 
-One process at a time: a second one on the same directory is refused (an OS lock on
-the folder, released when its holder dies). The project never deletes a file it did not write.
+Every file is read back through `RunDirectory.read` or `read_keras`: a damaged one stops
+the command with one line naming it; nothing is deleted. One process at a time: a second
+one on the same directory is refused (an OS lock on the folder, released when its holder
+dies). The project never deletes a file it did not write.
 """
 
 import csv
 import fcntl
-import json
+import io
 import os
 import shutil
 from pathlib import Path
 
 from keras_adder.core.errors import KerasAdderError
-from keras_adder.core.files import make_dir, read_json, write_json
+from keras_adder.model.keras_file import load_keras_model
+from keras_adder.core.files import (
+    json_object,
+    make_dir,
+    os_error_reason,
+    read_checked,
+    write_atomically,
+    write_json,
+)
 
 # What keras.callbacks.BackupAndRestore writes into its folder.
 BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",
@@ -43,6 +53,32 @@ class RunDirectory:
         self.export_record = self.path / "export.json"
         self.metrics = self.path / "metrics.json"
         self.diverged = self.path / "diverged.json"
+        self.backup_metadata = self.backup / "training_metadata.json"
+
+    @property
+    def advice(self):
+        """What to do about a damaged file of this run."""
+        return (f"nothing was changed: start a new --run-dir, or delete {self.path} to "
+                "start this run over")
+
+    def read(self, path, parse=json_object()):
+        """The one reader of what this run wrote (see core.files.read_checked): a damaged
+        file stops the run with one line naming it; nothing is deleted. Keras' files
+        (best.keras, the backup's weights) go through read_keras."""
+        return read_checked(path, parse, self.advice)
+
+    def read_keras(self, path, load):
+        """`load(path)` of a Keras file of this run, damage reported as `read` does."""
+        try:
+            return load(path)
+        except KerasAdderError as error:
+            reason = str(error).removeprefix(f"{path}: ")
+        except Exception as error:  # h5py and Keras raise many kinds for a damaged file
+            reason = os_error_reason(error)
+        raise KerasAdderError(f"{path} is damaged or unreadable ({reason}); {self.advice}")
+
+    def read_best_model(self):
+        return self.read_keras(self.best_model, load_keras_model)
 
     # --- Before anything is written -------------------------------------------------
 
@@ -60,7 +96,7 @@ class RunDirectory:
                 f"choose a new --run-dir")
         self._check_same_config(config)
         if self.diverged.exists():
-            where = json.loads(self.diverged.read_text())
+            where = self.read(self.diverged, json_object(epoch=int, batch=int))
             raise KerasAdderError(
                 f"{self.path} diverged (loss NaN at epoch {where['epoch']}, batch "
                 f"{where['batch']}); start a new --run-dir, e.g. with a lower learning rate")
@@ -68,7 +104,7 @@ class RunDirectory:
     def _check_same_config(self, config):
         if not self.config.exists():
             return
-        saved = json.loads(self.config.read_text())
+        saved = self.read(self.config, json_object(recipe=str))
         changed = [f"{key} {saved.get(key)!r} -> {value!r}" for key, value in config.items()
                    if saved.get(key) != value]
         if changed:
@@ -105,10 +141,9 @@ class RunDirectory:
         The pipeline's randomness is keyed by epoch, so a resumed run must start its
         data at the same epoch that BackupAndRestore restores the weights to.
         """
-        metadata = self.backup / "training_metadata.json"
-        if not metadata.exists():
+        if not self.backup_metadata.exists():
             return 0
-        return int(json.loads(metadata.read_text())["epoch"])
+        return self.read(self.backup_metadata, json_object(epoch=int))["epoch"]
 
     def is_finished(self):
         return self.metrics.exists()
@@ -116,27 +151,39 @@ class RunDirectory:
     def exported(self):
         """What this run has exported so far: {"candidate", "served", "decision"}, or
         fewer keys (none before its export)."""
-        return read_json(self.export_record) if self.export_record.exists() else {}
+        return self.read(self.export_record) if self.export_record.exists() else {}
 
-    def history_rows(self):
-        if not self.history.exists():
+    def metrics_read(self):
+        """metrics.json of a finished run."""
+        return self.read(self.metrics, json_object(test=dict))
+
+    def history_rows(self, epochs=None):
+        """history.csv's rows, each checked whole; with `epochs` (the backed-up count),
+        only the first `epochs` rows are checked: a row after them may be cut short, the
+        epoch the process died in. CSVLogger creates the file empty at the start of fit."""
+        if not epochs and (not self.history.exists() or not self.history.stat().st_size):
             return []
-        with self.history.open(newline="") as f:
-            return list(csv.DictReader(f))
+        return self.read(self.history, lambda text: _history_rows(text, epochs))
 
     def keep_history(self, epochs):
         """Drop rows of epochs the backup does not hold (a crash between the two writes);
         return the best validation loss of the rows kept (None when there are none)."""
-        rows = self.history_rows()
+        if not epochs:
+            # Nothing is kept, not even a header cut short: CSVLogger writes a new one.
+            if self.history.exists() and self.history.stat().st_size:
+                write_atomically(self.history, lambda staging: staging.write_text(""))
+            return None
+        rows = self.history_rows(epochs)
         if len(rows) > epochs:
-            columns = list(rows[0])
-            rows = rows[:epochs]
-            with self.history.open("w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=columns)
-                writer.writeheader()
-                writer.writerows(rows)
-        losses = [float(row["val_loss"]) for row in rows]
-        return min(losses) if losses else None
+            columns, rows = list(rows[0]), rows[:epochs]
+
+            def write(staging):
+                with staging.open("w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=columns)
+                    writer.writeheader()
+                    writer.writerows(rows)
+            write_atomically(self.history, write)
+        return min(float(row["val_loss"]) for row in rows)
 
     # --- Writing ----------------------------------------------------------------------
 
@@ -165,6 +212,24 @@ class RunDirectory:
             (self.backup / name).unlink(missing_ok=True)
         if self.backup.is_dir() and not any(self.backup.iterdir()):
             self.backup.rmdir()
+
+
+def _history_rows(text, epochs=None):
+    """CSVLogger's rows; the first `epochs` (all without it) must be whole epochs."""
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    if "val_loss" not in (reader.fieldnames or []):
+        raise ValueError("no val_loss column in its header")
+    rows = list(reader)
+    if epochs is not None and len(rows) < epochs:
+        raise ValueError(f"{len(rows)} epoch rows, but the backup holds {epochs} epochs")
+    for number, row in enumerate(rows if epochs is None else rows[:epochs], 1):
+        try:
+            if None in row or None in row.values():
+                raise ValueError
+            float(row["val_loss"])
+        except ValueError:
+            raise ValueError(f"row {number} is cut short or not numbers") from None
+    return rows
 
 
 def open_run(path, config, *, chief, worker=None):
