@@ -16,13 +16,13 @@ from keras_adder.core.constants import (
     DEFAULT_EXPORT_DIR,
     PROMOTION_POLICIES,
     RUNTIME_FORMATS,
+    RUNTIME_SUFFIXES,
 )
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import check_output_file, check_writable
 from keras_adder.core.recipe import RECIPES
 
 EXPORT_FORMATS = ("saved_model", *RUNTIME_FORMATS)
-RUNTIME_SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}  # as serving.runtimes.FORMATS
 
 
 def build_parser():

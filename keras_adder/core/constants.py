@@ -30,3 +30,4 @@ PROMOTION_POLICIES = ("better", "always")  # see serving.promotion.decide
 # Files beside the SavedModel, and the optional packages (requirements-export.txt) each
 # needs: checked before training, so a missing one fails in a second, not after an hour.
 RUNTIME_FORMATS = {"litert": ("ai_edge_litert",), "onnx": ("onnx", "onnxruntime", "tf2onnx")}
+RUNTIME_SUFFIXES = {"litert": ".tflite", "onnx": ".onnx"}  # each format's file name ending

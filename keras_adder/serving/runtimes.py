@@ -52,12 +52,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_adder.core import signals, startup
-from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, NUM_SUMS
+from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, NUM_SUMS, RUNTIME_SUFFIXES
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data.pipeline import model_inputs
 from keras_adder.serving.saved_model import named_outputs, reason
 
-FORMATS = {".tflite": "litert", ".onnx": "onnx"}
+FORMATS = {suffix: kind for kind, suffix in RUNTIME_SUFFIXES.items()}
 QUANTIZATIONS = (None, "int8")
 OUTPUTS = ("digit", "sum", "digit_probabilities", "sum_probabilities")
 MAX_BATCH = 1024  # pairs per runtime call: bounds the runtime's activation memory
@@ -325,7 +325,7 @@ def export_onnx(model, path, *, check_images, quantize=None, calibration_images=
 def export_file(model, kind, path, *, check_images, quantize=None, calibration_images=None):
     """`export_litert` or `export_onnx` by `kind`; `path` gets the format's suffix
     (saved_models/keras_adder -> saved_models/keras_adder.tflite)."""
-    suffix = {value: key for key, value in FORMATS.items()}[kind]
+    suffix = RUNTIME_SUFFIXES[kind]
     path = Path(path)
     path = path if path.suffix == suffix else path.with_name(path.name + suffix)
     export = export_litert if kind == "litert" else export_onnx
