@@ -12,12 +12,12 @@ from pathlib import Path
 
 from keras_adder.cli import positive_int, run
 from keras_adder.core import startup
-from keras_adder.core.files import check_writable
 from keras_adder.core.constants import (
     EVALUATION_BATCH,
     EVALUATION_DIR,
     EVALUATION_SPLITS,
 )
+from keras_adder.core.files import check_writable
 
 
 def main(argv=None):

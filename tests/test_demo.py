@@ -17,16 +17,15 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.parse
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from browser import chromium_executable
+from PIL import Image
 
 TIMEOUT_MS = 60_000
 # Set to a path (e.g. docs/images/demo.png) to keep the screenshot of the 7.

@@ -233,14 +233,14 @@ def test_the_demo_refuses_a_foreign_model(tmp_path):
 def test_the_projects_own_interface_passes_the_check(tmp_path):
     """The check is not so strict that it refuses this project's models: a signature
     made the way the export makes it, over an untrained model, in each format."""
+    import keras
+    import tf2onnx
+
     from keras_adder.model.architectures import build_model
     from keras_adder.serving import runtimes
     from keras_adder.serving.formats import load_model
     from keras_adder.serving.runtimes import raw_serving_function
     from keras_adder.serving.saved_model import make_serving_function
-
-    import keras
-    import tf2onnx
 
     model = build_model("compact")
     keras_path = tmp_path / "model.keras"

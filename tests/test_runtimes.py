@@ -206,7 +206,7 @@ def test_a_killed_runtime_export_leaves_no_temporary_file_for_good(
     dead_pid = int(dead.stdout)
     swept = [killed.name, f".m.{dead_pid}.0123abcd.tmp.onnx"]
     kept = [f".m.{dead_pid}.0123abcd.tmp.txt", f"m.{dead_pid}.0123abcd.tmp.onnx",
-            f".m.{dead_pid}.0123abcz.tmp.onnx", f".m.0.0123abcd.tmp.onnx",
+            f".m.{dead_pid}.0123abcz.tmp.onnx", ".m.0.0123abcd.tmp.onnx",
             f".m.{os.getpid()}.0123abcd.tmp.onnx",  # this process lives
             f".m.{dead_pid}.4567cdef.tmp.tflite"]  # its writer lives in another container
     for name in swept[1:] + kept:

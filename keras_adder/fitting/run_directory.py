@@ -23,7 +23,6 @@ import shutil
 from pathlib import Path
 
 from keras_adder.core.errors import KerasAdderError
-from keras_adder.model.keras_file import load_keras_model
 from keras_adder.core.files import (
     json_object,
     make_dir,
@@ -32,6 +31,7 @@ from keras_adder.core.files import (
     write_atomically,
     write_json,
 )
+from keras_adder.model.keras_file import load_keras_model
 
 # What keras.callbacks.BackupAndRestore writes into its folder.
 BACKUP_FILES = ("latest.weights.h5", "latest.weights.h5.bkp", "training_metadata.json",

@@ -52,7 +52,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_adder.core import signals, startup
-from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, NUM_SUMS, RUNTIME_SUFFIXES
+from keras_adder.core.constants import (
+    IMAGE_SIZE,
+    NUM_DIGITS,
+    NUM_SUMS,
+    RUNTIME_SUFFIXES,
+)
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data.pipeline import model_inputs
 from keras_adder.serving.saved_model import named_outputs, reason
