@@ -205,7 +205,8 @@ def _paper(gray, where):
         fitted, noise = _trimmed_fit(design[:, :terms], values)
         coefficients.append(tf.pad(fitted, [[0, 6 - terms]]))
         allowed = tf.less_equal(degree, bendiest)
-        scores.append(tf.where(allowed, noise * (1 + 0.1 * degree), tf.constant(float("inf"), tf.float64)))
+        never = tf.constant(float("inf"), tf.float64)
+        scores.append(tf.where(allowed, noise * (1 + 0.1 * degree), never))
         noises.append(noise)
     best = tf.argmin(tf.stack(scores), output_type=tf.int32)
     grid = tf.where(tf.ones(shape, tf.bool))
@@ -230,7 +231,8 @@ def _trimmed_fit(design, values):
         # Normal equations: at most 6 unknowns (tf.linalg.solve of the weighted Gram matrix).
         kept = design * keep[:, tf.newaxis]
         gram = tf.matmul(kept, design, transpose_a=True) + 1e-9 * tf.eye(terms, dtype=tf.float64)
-        coefficients = tf.linalg.solve(gram, tf.linalg.matvec(kept, values, transpose_a=True)[:, tf.newaxis])[:, 0]
+        moments = tf.linalg.matvec(kept, values, transpose_a=True)[:, tf.newaxis]
+        coefficients = tf.linalg.solve(gram, moments)[:, 0]
         misfit = tf.abs(values - tf.linalg.matvec(design, coefficients))
         keep = tf.cast(misfit <= _percentile(misfit, 35), tf.float64)
     # 0.3186 sigma is the first quartile of |normal noise|.
@@ -242,7 +244,8 @@ def _otsu(values):
     bin that best splits the values into two classes."""
     values = tf.reshape(tf.cast(values, tf.float64), [-1])
     top = tf.maximum(tf.reduce_max(values), 1e-9)
-    counts = tf.cast(tf.histogram_fixed_width(values, tf.stack([tf.constant(0.0, tf.float64), top]), 256), tf.float64)
+    value_range = tf.stack([tf.constant(0.0, tf.float64), top])
+    counts = tf.cast(tf.histogram_fixed_width(values, value_range, 256), tf.float64)
     edges = tf.linspace(tf.constant(0.0, tf.float64), top, 257)
     centres = (edges[:-1] + edges[1:]) / 2
     below = tf.cumsum(counts)
@@ -263,7 +266,8 @@ def _marks(ink, noise):
     """(whether ink was found, bool mask of the marks kept, their stats float64 [n, 5]
     of area, top, bottom, left, right). Pixels below Otsu's threshold and specks are left
     out."""
-    strong = tf.cast(tf.reduce_max(ink), tf.float64) >= tf.maximum(2 * NOISE_SIGMAS * noise, MIN_CONTRAST)
+    strongest = tf.cast(tf.reduce_max(ink), tf.float64)
+    strong = strongest >= tf.maximum(2 * NOISE_SIGMAS * noise, MIN_CONTRAST)
     level = tf.maximum(_otsu(ink), NOISE_SIGMAS * noise)
     mask = tf.logical_and(tf.cast(ink, tf.float64) > level, strong)
     labels = _label(mask)
@@ -326,7 +330,8 @@ def _digit_groups(stats):
     ends = tf.concat([starts[1:], [True]], 0)
     groups = tf.boolean_mask(groups, ends)
     heights = groups[:, 2] - groups[:, 1] + 1
-    digits = (heights >= 0.5 * tf.reduce_max(heights)) & (groups[:, 0] >= 0.1 * tf.reduce_max(groups[:, 0]))
+    digits = ((heights >= 0.5 * tf.reduce_max(heights))
+              & (groups[:, 0] >= 0.1 * tf.reduce_max(groups[:, 0])))
     return tf.reduce_sum(tf.cast(digits, tf.int32))
 
 
