@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 COMPAT_VENV := .venv-serving-compat
 ARGS ?=
 
-.PHONY: train test bench demo serving-compat clean
+.PHONY: train test system-tools bench demo serving-compat clean
 
 $(VENV)/.runtime: requirements.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -39,7 +39,13 @@ $(VENV)/.demo: $(VENV)/.runtime requirements-demo.txt
 	$(PY) -m pip install --quiet -r requirements-demo.txt
 	touch $@
 
-test: $(VENV)/.dev $(VENV)/.export $(VENV)/.demo $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
+# What the tests need from outside pip (Python 3.11, Graphviz's dot, a Chromium for
+# Playwright), checked before the installs below: installed with apt-get as root on
+# Debian/Ubuntu (Ubuntu: Graphviz only), else named one line each. `make train` needs none.
+system-tools:
+	@sh tests/system_tools.sh "$(PYTHON)" "$(VENV)" "$(COMPAT_VENV)"
+
+test: system-tools $(VENV)/.dev $(VENV)/.export $(VENV)/.demo $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
 bench: $(VENV)/.export  ## training/recipes/pipeline/serving-by-runtime benchmark, writes bench.json

@@ -63,12 +63,11 @@ def main(argv=None):
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
     from keras_adder.data import pipeline
-    from keras_adder.model import keras_file
-    from keras_adder.serving import promotion, runtimes, saved_model
+    from keras_adder.serving import formats, promotion, runtimes, saved_model
 
     if args.format == "saved_model":
         saved_model.free_version(args.export_dir, args.export_version)  # before the slow part
-    keras_model = keras_file.load_keras_model(args.model)
+    keras_model = formats.load_keras(args.model)  # refused unless this project's
     (train_images, train_labels), (test_images, _) = pipeline.load_mnist(args.data_dir)
     if args.format != "saved_model":
         path = runtimes.export_file(

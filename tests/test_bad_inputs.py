@@ -128,6 +128,21 @@ def _predict(*extra, npy=None):
     return setup
 
 
+def _nan_tiff(tmp, data_dir):
+    from PIL import Image
+
+    picture = np.full((280, 280), 200.0, np.float32)  # a float (mode F) scan
+    picture[40, 50] = np.nan
+    Image.fromarray(picture, "F").save(tmp / "nan.tif")
+    return [str(tmp / "nan.tif"), "--number", "3"]
+
+
+def _with_nan(array, row, column):
+    array = np.array(array, np.float32)
+    array[row, column] = np.nan
+    return array
+
+
 def _empty_version(tmp, data_dir):
     (tmp / "export" / "1").mkdir(parents=True)  # an export that was never completed
     return [str(tmp / "export")]
@@ -209,6 +224,15 @@ CLI_ROWS = {
                                                            npy=np.zeros((28, 27)))),
     "request pixels outside 0-255": (predict, _predict("--number", "3",
                                                        npy=np.full((28, 28), 300.0))),
+    "request pixels scaled to 0-1": (predict, _predict("--number", "3",
+                                                       npy=np.full((28, 28), 0.5, np.float32))),
+    "request pixels only 0 and 1": (predict, _predict("--number", "3",
+                                                      npy=np.eye(28, dtype=np.uint8))),
+    "request pixels with fractions": (predict, _predict("--number", "3",
+                                                        npy=np.full((28, 28), 127.5))),
+    "request pixel NaN": (predict, _predict("--number", "3",
+                                            npy=_with_nan(np.zeros((28, 28)), 3, 4))),
+    "NaN pixel in a float TIFF": (predict, _nan_tiff),
     "missing --model": (predict, _predict("--number", "3", "--model", "nowhere",
                                                    npy=np.zeros((28, 28)))),
 }

@@ -1,4 +1,5 @@
-"""The browser demo, tested in a real browser: Debian's Chromium driven by Playwright.
+"""The browser demo, tested in a real browser: Chromium driven by Playwright (Playwright's
+own or Debian's, whichever tests/browser.py finds).
 
 The app is built over the shared short training run's SavedModel and served on a free
 loopback port; the test draws digits as mouse strokes on the sketchpad, sets numbers,
@@ -6,6 +7,7 @@ presses the button and reads the page. Every request the page makes must stay on
 machine.
 """
 
+import contextlib
 import io
 import math
 import os
@@ -14,14 +16,18 @@ import shutil
 import socket
 import subprocess
 import sys
+import time
 import urllib.parse
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-CHROMIUM = "/usr/bin/chromium"  # Debian's package; Playwright's own download needs internet
+from browser import chromium_executable
+
 TIMEOUT_MS = 60_000
 # Set to a path (e.g. docs/images/demo.png) to keep the screenshot of the 7.
 SCREENSHOT_VARIABLE = "KERAS_ADDER_DEMO_SCREENSHOT"
@@ -78,17 +84,17 @@ def browser():
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
+        chromium = playwright.chromium.launch(executable_path=chromium_executable(playwright),
+                                             headless=True)
         try:
             yield chromium
         finally:
             chromium.close()
 
 
-@pytest.fixture
-def page(browser, demo):
-    """A fresh page of the app; requests to anywhere but this machine fail the test."""
-    url, _ = demo
+@contextlib.contextmanager
+def opened(browser, url):
+    """A fresh page of the app at `url`; requests to anywhere but this machine fail."""
     page = browser.new_page(viewport={"width": 1280, "height": 1100})
     outside = []
 
@@ -107,6 +113,12 @@ def page(browser, demo):
     yield page
     page.close()
     assert not outside, f"the page tried to reach other machines: {outside}"
+
+
+@pytest.fixture
+def page(browser, demo):
+    with opened(browser, demo[0]) as page:
+        yield page
 
 
 def canvas_square(page):
@@ -143,6 +155,12 @@ def submit(page, number):
         "([selector, before]) => document.querySelector(selector).value !== before",
         arg=["#result textarea", before])
     return result.input_value()
+
+
+def upload(page, path):
+    """Choose `path` in the upload box and wait until the page shows it uploaded."""
+    page.locator("#upload input[type=file]").set_input_files(str(path))
+    page.wait_for_selector(f"#upload td.filename[aria-label='{Path(path).name}']")
 
 
 def shown_image(page):
@@ -186,8 +204,7 @@ def test_an_uploaded_photo_goes_through_the_same_loader(page, mnist, tmp_path):
     (_, _), (test_images, test_labels) = mnist
     photo = tmp_path / "photo.png"
     Image.fromarray(255 - test_images[0]).resize((140, 140)).save(photo)  # dark on light
-    page.locator("#upload input[type=file]").set_input_files(str(photo))
-    page.wait_for_selector("#upload img")
+    upload(page, photo)
     text = submit(page, 2)
     assert ANSWER.match(text), text
     assert int(ANSWER.match(text)[1]) == test_labels[0]
@@ -267,3 +284,157 @@ def test_a_bad_port_is_refused_before_anything_starts(flag):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert "port" in result.stderr.splitlines()[-1]
+
+
+# --- Hostile uploads, to the demo in its own process ------------------------------------
+
+HUGE_SIDE = 12_000  # 144 megapixels: 432 MB once decoded as RGB, a few kB as a 1-bit PNG
+MEMORY_RISE_LIMIT = 100 * 2**20  # bytes of peak resident memory the uploads may add
+ANSWER_SECONDS = 10.0  # each answer, refusals included; Gradio's decoding took 11.5 s
+
+
+@pytest.fixture(scope="module")
+def untrained_export(tmp_path_factory):
+    """A SavedModel of an untrained model: these checks need answers, not good ones."""
+    from keras_adder.model.architectures import build_model
+    from keras_adder.serving.saved_model import export_saved_model
+
+    return export_saved_model(build_model("compact"), tmp_path_factory.mktemp("untrained"),
+                              check_images=np.zeros((4, 28, 28), np.uint8))
+
+
+@pytest.fixture(scope="module")
+def demo_process(untrained_export, tmp_path_factory):
+    """(url, pid, log) of `python -m keras_adder.demo` in a process of its own, so that
+    its memory is the server's alone; Gradio keeps the uploads in a temporary folder."""
+    folder = tmp_path_factory.mktemp("demo")
+    port = free_port()
+    with open(folder / "server.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "keras_adder.demo", "--model", str(untrained_export),
+             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+            cwd=Path(__file__).parents[1],
+            env={**os.environ, "GRADIO_TEMP_DIR": str(folder / "uploads")})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.monotonic() + 300
+        while not _answers(url):
+            assert server.poll() is None and time.monotonic() < deadline, (
+                "the demo did not start: " + (folder / "server.log").read_text()[-3000:])
+            time.sleep(0.5)
+        yield url, server.pid, folder / "server.log"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
+def _answers(url):
+    try:
+        with urllib.request.urlopen(url, timeout=5):
+            return True
+    except OSError:
+        return False
+
+
+def peak_memory(pid):
+    """The process's peak resident memory so far (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+def upload_and_submit(browser, url, path, number):
+    """(text, seconds): upload `path` on a fresh page, press Add; the answer text (or
+    Gradio's own error, prefixed "gradio:") and the seconds from the press to it."""
+    with opened(browser, url) as page:
+        upload(page, path)
+        page.locator("#number input").fill(str(number))
+        started = time.monotonic()
+        page.locator("#add").click()
+        page.wait_for_function(
+            "() => document.querySelector('#result textarea').value !== '' || "
+            "document.querySelector('[data-testid=toast-body]') !== null")
+        seconds = time.monotonic() - started
+        toast = page.locator("[data-testid=toast-body]")
+        if toast.count():
+            return "gradio: " + toast.first.inner_text(), seconds
+        return page.locator("#result textarea").input_value(), seconds
+
+
+def test_hostile_uploads_are_refused_by_the_loader_before_anything_decodes_them(
+        browser, demo_process, mnist, tmp_path):
+    url, pid, log = demo_process
+    _, (test_images, _) = mnist
+    photo = tmp_path / "photo.png"
+    Image.fromarray(255 - test_images[0]).resize((140, 140)).save(photo)
+    huge = tmp_path / "huge.png"
+    Image.new("1", (HUGE_SIDE, HUGE_SIDE)).save(huge)
+    notes = tmp_path / "notes.png"
+    notes.write_text("not a picture\n")
+    text, _ = upload_and_submit(browser, url, photo, 2)  # the first answer loads things
+    assert ANSWER.match(text), text
+    peak = peak_memory(pid)
+    for path, number, message in [
+            (huge, 3, "too many pixels (the limit is 50,000,000)"),
+            (notes, 4, "not an image (Pillow cannot read it as PNG, JPEG, GIF, BMP, TIFF, "
+                       "WEBP, PPM)")]:
+        text, seconds = upload_and_submit(browser, url, path, number)
+        assert text == f"{message}.", text  # the loader's own words, no file name
+        assert seconds < ANSWER_SECONDS, f"{path.name} took {seconds:.1f} s"
+        rise = peak_memory(pid) - peak
+        print(f"{path.name}: answered in {seconds:.2f} s, peak memory "
+              f"{peak / 2**20:.0f} MiB + {rise / 2**20:.1f} MiB")
+        assert rise < MEMORY_RISE_LIMIT, f"{path.name}: peak memory rose {rise / 2**20:.0f} MiB"
+    text, seconds = upload_and_submit(browser, url, photo, 5)
+    assert ANSWER.match(text) and int(ANSWER.match(text)[2]) == 5, text
+    print(f"a normal request after them: answered in {seconds:.2f} s")
+    assert seconds < ANSWER_SECONDS, f"a normal request after them took {seconds:.1f} s"
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_three_huge_uploads_do_not_hold_up_a_normal_request(browser, demo_process, mnist,
+                                                            tmp_path):
+    """Three huge uploads sent at once, then a normal request: Gradio answers one request
+    at a time, so each huge upload it decoded held the normal one up by seconds."""
+    url, _, log = demo_process
+    _, (test_images, _) = mnist
+    photo = tmp_path / "photo.png"
+    Image.fromarray(255 - test_images[1]).resize((140, 140)).save(photo)
+    huge = tmp_path / "huge.png"
+    Image.new("1", (HUGE_SIDE, HUGE_SIDE)).save(huge)
+    with contextlib.ExitStack() as pages:
+        hostile = [pages.enter_context(opened(browser, url)) for _ in range(3)]
+        for page in hostile:
+            upload(page, huge)
+        for page in hostile:
+            page.locator("#add").click()  # not waiting: the three are queued together
+        text, seconds = upload_and_submit(browser, url, photo, 6)
+        print(f"a normal request behind three huge uploads: answered in {seconds:.2f} s")
+        assert ANSWER.match(text), text
+        assert seconds < ANSWER_SECONDS, f"the normal request waited {seconds:.1f} s"
+        for page in hostile:
+            page.wait_for_function("() => document.querySelector('#result textarea')"
+                                   ".value.startsWith('too many pixels')")
+    assert "Traceback" not in log.read_text(), log.read_text()
+
+
+def test_uploads_over_the_byte_limit_are_refused_while_they_arrive(demo_process):
+    from keras_adder.data import pictures
+
+    url, _, _ = demo_process
+    boundary = b"keras-adder-boundary"
+    part = (b"--" + boundary + b'\r\nContent-Disposition: form-data; name="files"; '
+            b'filename="big.png"\r\nContent-Type: image/png\r\n\r\n')
+    body = part + bytes(pictures.MAX_FILE_BYTES + 1) + b"\r\n--" + boundary + b"--\r\n"
+    request = urllib.request.Request(
+        url + "gradio_api/upload", data=body, method="POST",
+        headers={"Content-Type": "multipart/form-data; boundary=" + boundary.decode()})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    assert refused.value.code == 413
+    assert f"maximum allowed size of {pictures.MAX_FILE_BYTES}" in refused.value.read().decode()

@@ -1,12 +1,14 @@
 """The README and docs/ say what the code does.
 
-README.md stays short and links every docs page; every relative link and anchor in README
-and docs/ resolves; the README's layout tree names exactly the commands and wings of
-keras_adder/; no page carries a commit hash; every flag a page
-passes to `python -m keras_adder.<command>` exists. (tests/test_bad_inputs.py reads its
+README.md stays short and links every docs page; docs/performance.md is a short reference
+page that carries every figure of the README's results table beside its command; every
+relative link and anchor in README and docs/ resolves; the README's layout tree names
+exactly the commands and wings of keras_adder/; no page carries a commit hash; every flag a
+page passes to `python -m keras_adder.<command>` exists. (tests/test_bad_inputs.py reads its
 expected messages from docs/reliability.md's bad-input table.)
 """
 
+import collections
 import contextlib
 import importlib
 import io
@@ -19,8 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
 DOCS = REPO / "docs"
 PACKAGE = REPO / "keras_adder"
+PERFORMANCE = DOCS / "performance.md"
 MAX_README_LINES = 250
-REQUIRED_PAGES = ("design.md", "serving.md", "reliability.md", "scaling.md", "performance.md")
+MAX_PERFORMANCE_LINES = 300
+REQUIRED_PAGES = ("design.md", "serving.md", "reliability.md", "scaling.md", "performance.md",
+                  "experiments.md")
 COMMANDS = ("train", "evaluate", "predict", "export", "bench", "demo")
 
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
@@ -30,6 +35,8 @@ COMMIT_HASH = re.compile(r"\b(?=[0-9a-f]*[0-9])(?=[0-9a-f]*[a-f])[0-9a-f]{7,40}\
 COMMAND_LINE = re.compile(r"python -m keras_adder\.(\w+)([^`\n]*)")
 MAKE_LINE = re.compile(r"make (train|bench) ARGS=(\"[^\"]*\"|\S+)")
 FLAG = re.compile(r"(?<![\w-])--[a-z][a-z-]*")
+# A figure: 28,134 or 99.68 or 1337, not a part of a longer number.
+FIGURE = re.compile(r"(?<![\d.,])\d+(?:,\d{3})*(?:\.\d+)?(?![\d])")
 
 
 def pages():
@@ -50,6 +57,43 @@ def anchors(page):
 
 def test_readme_is_short():
     assert len(README.read_text().splitlines()) <= MAX_README_LINES
+
+
+def test_performance_page_is_short():
+    assert len(PERFORMANCE.read_text().splitlines()) <= MAX_PERFORMANCE_LINES
+
+
+def table_rows(text):
+    """The cells of every body row of the Markdown tables in the text."""
+    rows = []
+    for line in prose(text).splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and not all(set(cell) <= set("-: ") for cell in cells):
+            rows.append(cells)
+    return rows
+
+
+def results_rows():
+    """The README's results table, without its header: one list of cells per row."""
+    section = README.read_text().split("\n## Results\n", 1)[1].split("\n## ", 1)[0]
+    return table_rows(section)[1:]
+
+
+def test_readme_results_table_is_found():
+    rows = results_rows()
+    assert len(rows) >= 4 and all(len(row) == len(rows[0]) for row in rows)
+
+
+@pytest.mark.parametrize("row", results_rows(), ids=lambda row: row[0].strip("*`"))
+def test_readme_results_are_on_the_reference_page_with_their_command(row):
+    """Some row of docs/performance.md holds the README row's command (its last cell) and
+    every figure of the README row, each as often."""
+    command, figures = row[-1], collections.Counter(FIGURE.findall(" ".join(row)))
+    candidates = [collections.Counter(FIGURE.findall(" ".join(cells)))
+                  for cells in table_rows(PERFORMANCE.read_text()) if cells[-1] == command]
+    assert candidates, f"performance.md has no table row with the command {command}"
+    missing = min((figures - found for found in candidates), key=len)
+    assert not missing, f"performance.md's row for {command} lacks {sorted(missing.elements())}"
 
 
 def test_readme_links_every_docs_page():

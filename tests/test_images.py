@@ -253,6 +253,21 @@ def test_huge_png_is_refused_from_its_header(tmp_path, capfd):
         images.load_image(tmp_path / "big.png")
 
 
+def test_a_file_over_the_byte_limit_is_refused_before_it_is_opened(tmp_path, monkeypatch):
+    path = tmp_path / "big.png"
+    with open(path, "wb") as file:
+        file.truncate(images.MAX_FILE_BYTES + 1)  # sparse: no disk, no time
+
+    def never(*args, **kwargs):
+        raise AssertionError("the file was opened")
+
+    monkeypatch.setattr(images.Image, "open", never)
+    with pytest.raises(KerasAdderError) as error:
+        images.load_image(path)
+    assert str(error.value) == (f"{path}: file of 50,000,001 bytes is too big (the limit is "
+                                "50,000,000; a digit needs far less)")
+
+
 def _truncated_png(tmp_path):
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)).save(
         tmp_path / "whole.png")
@@ -343,6 +358,60 @@ def test_bad_npy_files_give_one_clear_error(tmp_path, make, message):
     with pytest.raises(KerasAdderError, match=message) as error:
         images.load_npy(path)
     assert str(path) in str(error.value)
+
+
+def test_an_npy_scaled_to_0_1_is_refused_and_whole_floats_read_like_uint8(tmp_path, mnist):
+    """MNIST images as float32 / 255 (a Keras input) were read as near-black and
+    answered with certainty; now every 0-1 array is refused, naming the convention."""
+    _, (test_images, _) = mnist
+    three = test_images[:3]
+    refused = {
+        "scaled.npy": (three.astype(np.float32) / 255, "looks scaled to 0-1 (a float array "
+                       "of fractions such as"),
+        "binary.npy": ((three > 127).astype(np.uint8), "looks scaled to 0-1 (every value is "
+                       "0 or 1)"),
+        "binary-float.npy": ((three > 127).astype(np.float64), "every value is 0 or 1"),
+        "halves.npy": (three.astype(np.float32) + 0.5 * (three < 255), "values must be "
+                       "whole numbers 0-255 (MNIST pixels), not fractions such as 0.5"),
+    }
+    for name, (array, message) in refused.items():
+        np.save(tmp_path / name, array)
+        with pytest.raises(KerasAdderError) as error:
+            images.load_npy(tmp_path / name)
+        assert str(error.value).startswith(f"{tmp_path / name}: values must be 0-255 "
+                                           "(MNIST pixels)") or "halves" in name
+        assert message in str(error.value)
+        assert "multiply by 255" in str(error.value) or "halves" in name
+    for dtype in (np.float16, np.float32, ">f8"):  # whole numbers: exactly the uint8 read
+        np.save(tmp_path / "whole.npy", three.astype(dtype))
+        np.testing.assert_array_equal(images.load_npy(tmp_path / "whole.npy"), three)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_value_is_refused_naming_the_file_and_where(tmp_path, mnist, value):
+    """In a float TIFF (Pillow's mode F) and in a float .npy: the file, the value, its
+    place and the reason (not finite), not a complaint about the array's shape."""
+    _, (test_images, _) = mnist
+    picture = np.kron(255.0 - test_images[4], np.ones((10, 10))).astype(np.float32)
+    Image.fromarray(picture / 255, "F").save(tmp_path / "fine.tif")  # finite: still read
+    np.testing.assert_allclose(images.load_image(tmp_path / "fine.tif"), picture, atol=0.01)
+    picture[40, 50] = value
+    Image.fromarray(picture, "F").save(tmp_path / "scan.tif")
+    assert Image.open(tmp_path / "scan.tif").mode == "F"
+    for load in (images.load_image, images.load_digit):
+        with pytest.raises(KerasAdderError) as error:
+            load(tmp_path / "scan.tif")
+        assert str(error.value) == (f"{tmp_path / 'scan.tif'}: pixel {value} at row 40, "
+                                    "column 50 is not a finite number; a picture must hold "
+                                    "finite grey levels")
+    array = test_images[:3].astype(np.float64)
+    array[2, 5, 6] = value
+    np.save(tmp_path / "three.npy", array)
+    with pytest.raises(KerasAdderError) as error:
+        images.load_npy(tmp_path / "three.npy")
+    assert str(error.value) == (f"{tmp_path / 'three.npy'}: value {value} at row 5, column 6 "
+                                "of image 2 is not a finite number; values must be 0-255 "
+                                "(MNIST pixels)")
 
 
 def test_npy_header_declaring_a_billion_images_allocates_nothing(tmp_path):

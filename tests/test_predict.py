@@ -185,7 +185,8 @@ BAD_INPUTS = {
     "npy of shape [2,28,28,3]": (["rgb.npy", "--number", "3"],
                                  "array shape (2, 28, 28, 3) is not [28, 28] or [N, 28, 28]"),
     "npy of objects": (["objects.npy", "--number", "3"], "objects.npy: array dtype object is not a plain number (object and structured arrays are refused)"),
-    "npy of NaN": (["nan.npy", "--number", "3"], "nan.npy: values must be 0-255"),
+    "npy of NaN": (["nan.npy", "--number", "3"],
+                   "nan.npy: value nan at row 0, column 0 of image 0 is not a finite number"),
     "npy of no images": (["none.npy", "--number", "3"],
                          "no images: give image/.npy files or --mnist-test-index"),
     "text named .npy": (["text.npy", "--number", "3"], "text.npy: not a readable .npy array"),
@@ -248,8 +249,9 @@ def test_a_saved_model_of_another_kind_is_refused(tmp_path, capsys):
         run(predict.main, ["--mnist-test-index", "0", "--number", "1",
                            "--model", str(tmp_path / "other")])
     assert capsys.readouterr().err == (
-        f"error: {tmp_path / 'other' / '1'}: its 'serving_default' signature takes x, "
-        "not image and number: not a keras_adder model\n"
+        f"error: {tmp_path / 'other' / '1'}: not a keras_adder model: unexpected input 'x'; "
+        "no input 'image'; no input 'number'; unexpected output 'y'; no output 'digit'; "
+        "no output 'sum'; no output 'digit_probabilities'; no output 'sum_probabilities'\n"
     )
 
 

@@ -1,6 +1,13 @@
 """LiteRT and ONNX files: written atomically, answering like the SavedModel on all
 100,000 test pairs (10,000 images x numbers 0-9), refusing bad inputs."""
 
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -144,6 +151,78 @@ def test_failed_export_leaves_nothing(trained_model, mnist, tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == ["model.tflite"]
 
 
+HOLD_FILE_LOCK = """
+import fcntl, os, sys, time
+descriptor = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def child_env():
+    """The environment of a child process: this package first on its path."""
+    root = str(Path(__file__).resolve().parents[1])
+    return {**os.environ,
+            "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+
+
+def stop_once_writing(command, folder, stop):
+    """Start `command`; send it `stop` as soon as its temporary file exists in `folder`;
+    its exit code."""
+    process = subprocess.Popen(command, env=child_env(), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not (folder.is_dir() and any(folder.glob(".m.*.tmp.tflite"))):
+            assert process.poll() is None, f"the export ended with {process.returncode}"
+            assert time.monotonic() < deadline, "no temporary file appeared"
+            time.sleep(0.02)
+        process.send_signal(stop)
+        return process.wait(timeout=120)
+    finally:
+        process.kill()
+        process.wait()
+
+
+def test_a_killed_runtime_export_leaves_no_temporary_file_for_good(
+        trained_run, trained_model, mnist, data_dir, tmp_path):
+    from keras_adder.serving.runtimes import export_litert
+
+    _, (test_images, _) = mnist
+    folder = tmp_path / "files"
+    command = [sys.executable, "-m", "keras_adder.export", trained_run["keras_path"],
+               "--format", "litert", "--output", str(folder / "m.tflite"),
+               "--data-dir", str(data_dir)]
+    # SIGTERM runs the clean-up: nothing is left.
+    assert stop_once_writing(command, folder, signal.SIGTERM) == 143
+    assert list(folder.iterdir()) == []
+    # SIGKILL (as a power cut) runs nothing: the file stays until the next export.
+    assert stop_once_writing(command, folder, signal.SIGKILL) == -signal.SIGKILL
+    [killed] = folder.iterdir()
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    swept = [killed.name, f".m.{dead_pid}.0123abcd.tmp.onnx"]
+    kept = [f".m.{dead_pid}.0123abcd.tmp.txt", f"m.{dead_pid}.0123abcd.tmp.onnx",
+            f".m.{dead_pid}.0123abcz.tmp.onnx", f".m.0.0123abcd.tmp.onnx",
+            f".m.{os.getpid()}.0123abcd.tmp.onnx",  # this process lives
+            f".m.{dead_pid}.4567cdef.tmp.tflite"]  # its writer lives in another container
+    for name in swept[1:] + kept:
+        (folder / name).write_bytes(b"")
+    writer = subprocess.Popen([sys.executable, "-c", HOLD_FILE_LOCK, str(folder / kept[-1])],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "locked\n"
+        export_litert(trained_model, folder / "m.tflite", check_images=test_images[:8])
+    finally:
+        writer.kill()
+        writer.wait()
+        writer.stdout.close()
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["m.tflite", *kept])
+
+
 def test_export_arguments_are_checked(trained_model, tmp_path):
     from keras_adder.serving.runtimes import export_litert, export_onnx
 
@@ -234,3 +313,59 @@ def test_training_refuses_a_runtime_format_whose_packages_are_missing(tmp_path, 
                                               "-r requirements-export.txt$"):
         train_main(["--export-format", "onnx", "--run-dir", str(tmp_path / "run")])
     assert list(tmp_path.iterdir()) == []
+
+
+def shifted_serving_function(shift):
+    """runtimes.raw_serving_function, but every probability the file answers is `shift`
+    more than the model's: a file that loads and answers slightly wrong. The classes
+    stay those of the unshifted probabilities, so only the probability check can see it."""
+    import tensorflow as tf
+
+    from keras_adder.serving import runtimes
+
+    original = runtimes.raw_serving_function
+
+    def raw_serving_function(model):
+        serve = original(model)
+
+        @tf.function(input_signature=serve.input_signature)
+        def shifted(image, number):
+            outputs = dict(serve(image, number))
+            for name in ("digit_probabilities", "sum_probabilities"):
+                outputs[name] = outputs[name] + shift
+            return outputs
+
+        return shifted
+
+    return raw_serving_function
+
+
+def untied_model():
+    """An untrained compact model whose addition table is random, so no two classes tie
+    (an all-zero table gives 19 equal sum probabilities)."""
+    from keras_adder.model.architectures import build_model
+
+    model = build_model("compact")
+    table = model.get_layer("table_logits")
+    table.set_weights([np.random.default_rng(0).normal(0, 0.1, table.get_weights()[0].shape)])
+    return model
+
+
+@pytest.mark.parametrize("kind, suffix", [("litert", ".tflite"), ("onnx", ".onnx")])
+def test_an_fp32_file_off_by_1e_3_is_refused(kind, suffix, mnist, tmp_path, monkeypatch):
+    """The fp32 post-export check (FP32_TOLERANCE 1e-4, every class agreeing) refuses a
+    file that loads and answers 1e-3 away from the model; the int8 check (0.25, 95 %)
+    would pass it. Nothing is left behind; the same model unshifted is accepted."""
+    from keras_adder.serving import runtimes
+
+    _, (test_images, _) = mnist
+    model, target = untied_model(), tmp_path / f"model{suffix}"
+    monkeypatch.setattr(runtimes, "raw_serving_function", shifted_serving_function(1e-3))
+    with pytest.raises(KerasAdderError) as error:
+        runtimes.export_file(model, kind, target, check_images=test_images[:16])
+    assert str(error.value) == (
+        f"export to {target} failed, nothing was written: digit probabilities differ from "
+        "the Keras model's by 0.001 (tolerance 0.0001)")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    assert runtimes.export_file(model, kind, target, check_images=test_images[:16]) == target

@@ -4,14 +4,18 @@ SavedModel's signature."""
 
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow as tf
 from tensorflow_serving.apis import prediction_log_pb2
 
+from keras_adder import export
+from keras_adder.cli import run
 from keras_adder.core.constants import SIGNATURE
 from keras_adder.core.errors import KerasAdderError
+from keras_adder.serving.saved_model import WARMUP_EXAMPLES
 from keras_adder.serving.warmup import (
     MAX_WARMUP_RECORDS,
     WARMUP_FILE,
@@ -61,6 +65,39 @@ def test_warmup_requests_replay_through_the_signature(exported_copy, mnist):
         assert set(replayed) == set(direct)
         for name in direct:
             np.testing.assert_array_equal(replayed[name].numpy(), direct[name].numpy())
+
+
+def test_every_version_the_project_exports_carries_warmup_requests_that_replay(
+        trained_run, mnist, data_dir, tmp_path, capsys):
+    _, (test_images, _) = mnist
+    served = run(export.main, [str(arg) for arg in [
+        trained_run["keras_path"], "--export-dir", tmp_path / "served",
+        "--candidate-dir", tmp_path / "candidates", "--data-dir", data_dir]])
+    capsys.readouterr()
+    versions = {
+        "training's candidate": trained_run["candidate_path"],
+        "training's promoted version": trained_run["export_path"],
+        "the export command's candidate": tmp_path / "candidates" / "1",
+        "the export command's promoted version": served,
+    }
+    # The first test images, with the numbers every export pairs them with.
+    images = test_images[:WARMUP_EXAMPLES]
+    numbers = np.arange(WARMUP_EXAMPLES, dtype=np.int32) % 10
+    batches = [slice(i, i + 1) for i in range(WARMUP_EXAMPLES)] + [slice(0, WARMUP_EXAMPLES)]
+    for what, version in versions.items():
+        path = Path(version) / WARMUP_FILE
+        assert path.is_file(), f"{what} has no {WARMUP_FILE}"
+        requests = read_requests(path)
+        assert len(requests) == len(batches), what
+        serve = tf.saved_model.load(str(version)).signatures[SIGNATURE]
+        for request, batch in zip(requests, batches):
+            assert request.model_spec.signature_name == SIGNATURE
+            image = tf.make_ndarray(request.inputs["image"])
+            number = tf.make_ndarray(request.inputs["number"])
+            np.testing.assert_array_equal(image, images[batch])
+            np.testing.assert_array_equal(number, numbers[batch])
+            replayed = serve(image=tf.constant(image), number=tf.constant(number))
+            assert replayed["digit"].shape == (batch.stop - batch.start,), what
 
 
 def test_model_name_and_rewrite(exported_copy, mnist):

@@ -1,5 +1,6 @@
 """Files and folders that appear whole or not at all, and never replace a stranger's."""
 
+import errno
 import json
 import os
 import uuid
@@ -23,17 +24,32 @@ def write_atomically(path, write):
     """Call `write(staging_path)` on a hidden sibling of `path`, then rename it into place.
 
     A crash, Ctrl-C, SIGTERM or a full disk never leaves a half-written file under
-    `path`, and an existing file stays as it was until the new one is complete. The
+    `path`, and an existing file stays as it was until the new one is complete and on
+    the disk (fsync of the file before the rename, of the folder after it). The
     sibling keeps the suffix, so matplotlib's savefig picks the right format.
     """
     path = Path(path)
     staging = temporary_sibling(path)
     try:
         write(staging)
+        sync(staging)  # else a power cut after the rename may leave an empty file
         staging.replace(path)
     except BaseException:
         staging.unlink(missing_ok=True)
         raise
+    sync(path.parent)  # the rename itself
+
+
+def sync(path):
+    """Flush a file's bytes, or a folder's entries (a rename into it), to the disk."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError as error:
+        if error.errno != errno.EINVAL:  # a file system that cannot sync a folder
+            raise
+    finally:
+        os.close(descriptor)
 
 
 def write_json(path, data):

@@ -28,6 +28,9 @@ from keras_adder.core.errors import KerasAdderError
 # A 48-megapixel phone photo still loads; Pillow's own warning starts at 89 MP and its
 # error at 179 MP, far more memory than a digit needs.
 MAX_PIXELS = 50_000_000
+# A picture file bigger than this is refused before it is opened, and the demo refuses
+# bigger uploads while they arrive: a 48-megapixel phone photo is 10-25 MB as a JPEG.
+MAX_FILE_BYTES = 50_000_000
 # Pictures are reduced (area-averaged) to this longer side before preparation: ample
 # for a 20x20 result, and it bounds the time and memory of every later step.
 WORK_SIDE = 512
@@ -35,6 +38,8 @@ WORK_SIDE = 512
 # opens phones' multi-picture (MPO) JPEGs.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
 MAX_NPY_IMAGES = 60_000  # all of MNIST's training images; ~47 MB as uint8
+# How an array holding a picture scaled to 0-1 (a Keras input, say) is refused.
+ZERO_TO_ONE = "values must be 0-255 (MNIST pixels); this array looks scaled to 0-1"
 
 # predict flags an answer whose probability is below this as unsure: few right answers
 # fall below it, and most mistakes do (docs/evaluation.md has the shares).
@@ -71,15 +76,19 @@ def _too_many_pixels(path, size):
 def load_image(path):
     """An image file → float32 [H, W] grey levels 0-255 (0 = black), the right way up.
 
-    The pixel count is checked from the header before anything is decoded (at most
-    MAX_PIXELS); the picture is then reduced to at most WORK_SIDE pixels on its longer
-    side. EXIF orientation is applied, transparent pixels count as white paper, 16-bit
-    images are scaled to 0-255 (not clipped). Every problem is a KerasAdderError that
-    names the file.
+    The file's size is checked before it is opened (at most MAX_FILE_BYTES), the pixel
+    count from the header before anything is decoded (at most MAX_PIXELS); the picture
+    is then reduced to at most WORK_SIDE pixels on its longer side. EXIF orientation is
+    applied, transparent pixels count as white paper, 16-bit images are scaled to 0-255
+    (not clipped). Every problem is a KerasAdderError that names the file.
     """
 
     path = Path(path)
     _check_file(path)
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise KerasAdderError(f"{path}: file of {size:,} bytes is too big (the limit is "
+                              f"{MAX_FILE_BYTES:,}; a digit needs far less)")
     Image.init()  # registers every format plugin, so that IMAGE_FORMATS can be named
     try:
         with warnings.catch_warnings():
@@ -89,7 +98,7 @@ def load_image(path):
             with Image.open(path, formats=IMAGE_FORMATS) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise _too_many_pixels(path, image.size)
-                return _upright_gray(image)
+                return _upright_gray(image, path)
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise KerasAdderError(
             f"{path}: too many pixels (the limit is {MAX_PIXELS:,})") from None
@@ -107,24 +116,29 @@ _UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRA
             6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
 
 
-def _upright_gray(image):
+def _upright_gray(image, path):
     """An opened Pillow image → float32 grey levels, reduced and upright."""
 
     orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
     # A JPEG can be decoded at 1/2 to 1/8 scale: a big photo never exists in full.
     image.draft("RGB", (WORK_SIDE, WORK_SIDE))
-    gray = _gray_image(image)
+    gray = _gray_image(image, path)
     gray.thumbnail((WORK_SIDE, WORK_SIDE), Image.Resampling.BOX)
     if orientation in _UPRIGHT:
         gray = gray.transpose(getattr(Image.Transpose, _UPRIGHT[orientation]))
     return np.asarray(gray, np.float32)
 
 
-def _gray_image(image):
-    """Any Pillow mode → an 'L' or 'F' image: transparent = white, 16/32-bit scaled."""
+def _gray_image(image, path):
+    """Any Pillow mode → an 'L' or 'F' image: transparent = white, 16/32-bit scaled.
+
+    A float image ('F', e.g. a 32-bit TIFF) holding NaN or ±inf is refused naming the
+    first such pixel: such a value has no grey level, and it would poison the scaling.
+    """
 
     if image.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N", "F"):
         values = np.asarray(image, np.float64)
+        _refuse_non_finite(path, values, "pixel")
         # The range the values were written in: 8, 16 bits, or whatever they reach.
         low = min(0.0, float(values.min()))
         high = next((top for top in (1.0, 255.0, 65535.0) if values.max() <= top),
@@ -143,6 +157,15 @@ def load_npy(path):
     The header is read first and checked (shape, N ≤ MAX_NPY_IMAGES, a plain numeric
     dtype, the file's length) before any array is allocated, so a hostile header costs
     nothing; the data are then read and converted in chunks.
+
+    The values are MNIST's pixels, whatever the dtype: whole numbers 0-255 (0 = black).
+    Integer arrays must lie in 0-255. Float arrays are accepted only when every value is
+    a finite whole number in 0-255, and then read exactly as the same uint8 array would
+    be; NaN, ±inf, fractions and values outside 0-255 are refused. An array of any dtype
+    whose values are all 0 or 1 is refused too. Both catch an image scaled to 0-1 (a
+    Keras input, a float image library's output), which would otherwise be read as
+    nearly black and answered with false confidence: the message says to multiply by
+    255. Nothing is rounded, clipped or rescaled silently.
     """
 
     path = Path(path)
@@ -193,11 +216,45 @@ def _read_npy_images(path, file, count, dtype, fortran_order):
         values = np.frombuffer(file.read(rows * pixels * dtype.itemsize), dtype)
         values = values.reshape((rows, IMAGE_SIZE, IMAGE_SIZE),
                                 order="F" if fortran_order else "C")
-        if values.size and not (np.all(np.isfinite(values)) and values.min() >= 0
-                                and values.max() <= 255):
-            raise KerasAdderError(f"{path}: values must be 0-255 (MNIST pixels)")
-        images[start:start + rows] = np.rint(values)
+        _check_npy_values(path, values, start)
+        images[start:start + rows] = values
+    if images.size and images.max() == 1:
+        raise KerasAdderError(f"{path}: {ZERO_TO_ONE} (every value is 0 or 1): multiply "
+                              "by 255")
     return images
+
+
+def _check_npy_values(path, values, first):
+    """Refuse values that are not MNIST pixels, whole numbers 0-255 (see `load_npy`);
+    `values` are images `first`, `first` + 1, ... of the file."""
+    if values.size == 0:
+        return
+    if values.dtype.kind == "f":
+        _refuse_non_finite(path, values, "value", "values must be 0-255 (MNIST pixels)",
+                           first)
+    if values.min() < 0 or values.max() > 255:
+        raise KerasAdderError(f"{path}: values must be 0-255 (MNIST pixels)")
+    if values.dtype.kind == "f" and not np.array_equal(values, np.floor(values)):
+        fraction = values[values != np.floor(values)].flat[0]
+        if values.max() <= 1:
+            raise KerasAdderError(f"{path}: {ZERO_TO_ONE} (a float array of fractions "
+                                  f"such as {fraction:g}): multiply by 255")
+        raise KerasAdderError(f"{path}: values must be whole numbers 0-255 (MNIST pixels), "
+                              f"not fractions such as {fraction:g}: round them first")
+
+
+def _refuse_non_finite(path, values, what, rule="a picture must hold finite grey levels",
+                       first=0):
+    """KerasAdderError naming the first NaN or ±inf in `values` [H, W] or [N, H, W]
+    (images `first`, `first` + 1, ...) and where it is."""
+    finite = np.isfinite(values)
+    if finite.all():
+        return
+    where = tuple(int(i) for i in np.argwhere(~finite)[0])
+    place = (f"row {where[-2]}, column {where[-1]}"
+             + (f" of image {first + where[0]}" if len(where) == 3 else ""))
+    raise KerasAdderError(f"{path}: {what} {values[where]} at {place} is not a finite "
+                          f"number; {rule}")
 
 
 # --- Preparing a digit -----------------------------------------------------------------

@@ -24,7 +24,7 @@ from keras_adder.fitting.run_directory import RunDirectory, open_run
 from keras_adder.model.architectures import build_model, compile_model
 from keras_adder.reports import exhaustive
 from keras_adder.serving import promotion, runtimes
-from keras_adder.serving.saved_model import free_version
+from keras_adder.serving.saved_model import free_version, is_own_version
 
 
 def train(recipe, *, recipe_name="default", data_dir=None, run_dir, export_dir=DEFAULT_EXPORT_DIR,
@@ -132,7 +132,9 @@ def _export_dir(run, strategy, export_dir, export_version):
     """Where this process exports; a taken version fails here, before training."""
     if not distribution.is_chief(strategy):
         return run.path / "export"  # a worker's export is thrown away
-    if "decision" not in run.exported():
+    done = run.exported()
+    # A version this run renamed into place before it was killed is its own, not taken.
+    if "decision" not in done and is_own_version(export_dir, done.get("promoting")) is None:
         free_version(export_dir, export_version)
         check_writable(export_dir, "export directory")
     return export_dir
@@ -168,7 +170,7 @@ def _export(run, model, export_dir, export_version, policy, seed, *, validation,
         served, _, why = promotion.export_and_promote(
             model, run.path / "saved_model", export_dir, version=export_version,
             policy=policy, validation=validation, seed=seed, check_images=check_images,
-            candidate=done.get("candidate"), record=run.record_export)
+            done=done, record=run.record_export)
         print(why)
         done = run.exported()
     if formats and "runtime_files" not in done:

@@ -5,6 +5,14 @@ and every picture goes through `pictures.load_digit`, the loader and MNIST-style
 preparation that `predict` uses, so the demo and the command answer alike for the same
 picture. It shows the 28x28 image the model saw, so a user sees why it answered so.
 
+An upload reaches the app as a file path (`gr.File`), never decoded by Gradio: an image
+component opens and converts it with Pillow before the project's loader can check it,
+so a small PNG declaring a huge picture costs the server its decoded size, and a file
+that is not an image a traceback. The bounded loader reads the header first and
+refuses what it cannot read with its own message, shown on the page. Uploads bigger than
+`pictures.MAX_FILE_BYTES` are refused by Gradio while they arrive (`max_file_size`).
+The drawing is the canvas' own 280x280 PNG, decoded by Gradio as before.
+
 Nothing leaves the machine: no share link, Gradio's analytics and version check are off,
 and the default theme's fonts are served by the app itself. Gradio is imported here;
 only `python -m keras_adder.demo` and the tests import this module.
@@ -92,12 +100,13 @@ def build_app(model_path):
     models from a trusted source."""
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which startup has just imported quietly.
-    from keras_adder.serving.saved_model import load_saved_model, run_signature
+    from keras_adder.serving.formats import load_model
 
-    version_path, serve = load_saved_model(model_path)
+    model = load_model(model_path)  # checks the model's interface, as every command does
+    version_path = model.path
 
     def predict(image, number):
-        return run_signature(serve, image[np.newaxis], np.array([number], np.int32))
+        return model.call(image[np.newaxis], np.array([number], np.int32))
 
     with gr.Blocks(title="keras-adder", analytics_enabled=False) as app:
         gr.Markdown(f"## Draw a digit, pick a number, see the sum\nModel: `{version_path}`")
@@ -109,9 +118,11 @@ def build_app(model_path):
                     brush=gr.Brush(colors=["#ffffff"], default_color="#ffffff",
                                    color_mode="fixed", default_size=BRUSH_RADIUS),
                     label="Draw one digit (white on black)", elem_id="sketchpad")
-                upload = gr.Image(type="filepath", sources=["upload"], label="Or upload a "
-                                  "photo of one digit (used instead of the drawing)",
-                                  elem_id="upload")
+                # A path, not an image: see the module's docstring. No file_types, so
+                # that every file gets the loader's own answer rather than Gradio's.
+                upload = gr.File(type="filepath", file_count="single", label="Or upload a "
+                                 "photo of one digit (used instead of the drawing)",
+                                 elem_id="upload")
                 number = gr.Number(value=3, minimum=0, maximum=NUM_DIGITS - 1, step=1,
                                    precision=0, label="Number to add (0-9)", elem_id="number")
                 button = gr.Button("Add", variant="primary", elem_id="add")
@@ -135,5 +146,6 @@ def launch(app, host="127.0.0.1", port=None, block=True):
     """Serve `app` on host:port (port None: Gradio picks a free one from 7860) with no
     share link; block=False returns at once, the server running in a thread."""
     app.launch(server_name=host, server_port=port, share=False, css=CSS, quiet=not block,
-               prevent_thread_lock=not block, show_error=True)
+               prevent_thread_lock=not block, show_error=True,
+               max_file_size=pictures.MAX_FILE_BYTES)
     return app.local_url

@@ -23,8 +23,10 @@ The runtimes' own packages (requirements-export.txt) are imported where they are
 that the module, and every command that imports it, works without them.
 
 Each file is written under a hidden temporary name in its folder, loaded back, checked
-against the Keras model on real images, and only then renamed: on any failure or
-Ctrl-C nothing is left, and an existing file is replaced only by a checked one.
+against the Keras model on real images, and only then renamed: on any failure, Ctrl-C
+or SIGTERM nothing is left, and an existing file is replaced only by a checked one. The
+temporary file is locked while it is written; the next export into that folder removes
+those of writers that were killed outright (SIGKILL, power cut).
 
 int8 (`quantize="int8"`) is calibrated on training images only (CALIBRATION_IMAGES of
 them, numbers cycling 0-9). The convolutions and pooling, over 99.9 % of the FLOPs, run
@@ -37,7 +39,9 @@ in int8; the two small heads stay float, so argmax compares float probabilities:
   advises for x86 CPUs without VNNI.
 """
 
+import fcntl
 import os
+import re
 import secrets
 import tempfile
 import warnings
@@ -47,16 +51,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_adder.core import startup
+from keras_adder.core import signals, startup
 from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, NUM_SUMS
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data.pipeline import model_inputs
-from keras_adder.serving.saved_model import named_outputs
+from keras_adder.serving.saved_model import named_outputs, reason
 
 FORMATS = {".tflite": "litert", ".onnx": "onnx"}
 QUANTIZATIONS = (None, "int8")
 OUTPUTS = ("digit", "sum", "digit_probabilities", "sum_probabilities")
 MAX_BATCH = 1024  # pairs per runtime call: bounds the runtime's activation memory
+# The hidden name a file is written under before its check (`_write_checked`).
+# pid 0 is no writer's: such a name is not ours.
+_STAGING_NAME = re.compile(r"\..+\.(?P<pid>[1-9][0-9]{0,6})\.[0-9a-f]{8}\.tmp\.(?:tflite|onnx)")
 LITERT_THREADS = 2
 ONNX_OPSET = 17
 # Quantized, the heads' softmax has 1/256 steps, and argmax breaks their ties by
@@ -196,26 +203,91 @@ def _check_artifact(path, model, images, quantize):
 
 def _write_checked(path, suffix, write, check):
     """write(staging) then check(staging) on a unique hidden sibling of `path`, then
-    rename it to `path`; on any failure (Ctrl-C too) remove it and raise."""
+    rename it to `path`; on any failure (Ctrl-C, SIGTERM too) remove it and raise.
+    Leftovers of writers killed outright (SIGKILL, power cut) are swept first."""
     path = Path(path)
     if path.suffix != suffix:
         raise KerasAdderError(f"{path}: the file name must end in {suffix}")
+    failed = f"export to {path} failed, nothing was written"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise KerasAdderError(f"cannot create folder {path.parent} ({error.strerror})") from None
+    try:
+        sweep_dead_writers_files(path.parent)
+    except OSError as error:
+        raise KerasAdderError(f"{failed}: {reason(error)}") from None
     # Not mkstemp: its files are private (0600), and a server may run as another user.
     staging = path.with_name(f".{path.stem}.{os.getpid()}.{secrets.token_hex(4)}.tmp{suffix}")
-    try:
-        write(staging)
-        check(staging)
-        staging.replace(path)
-    except BaseException as error:
-        staging.unlink(missing_ok=True)
-        if not isinstance(error, Exception):  # Ctrl-C
-            raise
-        raise KerasAdderError(f"export to {path} failed, nothing was written: {error}") from error
+    lock = []
+    # SIGTERM is noted and stops the export between its steps: raised inside the
+    # converters' native callbacks, it was swallowed (exit 0) or became a TypeError.
+    with signals.deferred():
+        try:  # created inside the try, so that any stop removes it
+            lock.append(_create_locked(staging))
+            write(staging)
+            _stop_if_terminated()
+            check(staging)
+            _stop_if_terminated()
+            staging.replace(path)
+        except BaseException as error:
+            staging.unlink(missing_ok=True)
+            if not isinstance(error, Exception):  # Ctrl-C, SIGTERM
+                raise
+            raise KerasAdderError(f"{failed}: {reason(error)}") from error
+        finally:
+            for descriptor in lock:
+                os.close(descriptor)
     return path
+
+
+def _stop_if_terminated():
+    if signals.pending():
+        raise signals.Terminated()
+
+
+def _create_locked(staging):
+    """A descriptor of the new, empty file `staging`, locked until it is closed or this
+    process dies. The writers (TFLite bytes, tf2onnx, ONNX Runtime's quantizer) reopen
+    the name and truncate it, so the lock holds while they write."""
+    descriptor = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return descriptor
+
+
+def _process_is_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_dead_writers_files(folder):
+    """Remove the temporary .tflite/.onnx files in `folder` that a killed export left.
+
+    Only a file with this module's staging name (`.<name>.<pid>.<8 hex>.tmp.<suffix>`)
+    whose process is not alive here and whose lock is free: a live writer holds its
+    lock, also one in another container where the pid means another process.
+    """
+    for leftover in Path(folder).iterdir():
+        match = _STAGING_NAME.fullmatch(leftover.name)
+        if (not match or leftover.is_symlink() or not leftover.is_file()
+                or _process_is_alive(int(match["pid"]))):
+            continue
+        try:
+            descriptor = os.open(leftover, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, or not ours to open
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            leftover.unlink(missing_ok=True)
+        except BlockingIOError:
+            pass  # its writer lives
+        finally:
+            os.close(descriptor)
 
 
 def _check_quantize(quantize, calibration_images):
@@ -292,11 +364,14 @@ class RuntimeModel:
     """A loaded .tflite or .onnx file with the SavedModel signature's call contract.
 
     `predict(images, numbers)` (uint8 [N, 28, 28], int numbers 0-9 [N]) returns
-    {digit, sum, digit_probabilities, sum_probabilities} as numpy arrays.
+    {digit, sum, digit_probabilities, sum_probabilities} as numpy arrays. `inputs` and
+    `outputs` are what the file declares, {name: (dtype name, shape)} with None for a
+    size left open, for serving.formats' interface check.
     """
 
-    def __init__(self, path, kind, run):
+    def __init__(self, path, kind, run, inputs, outputs):
         self.path, self.kind, self._run = Path(path), kind, run
+        self.inputs, self.outputs = inputs, outputs
 
     def predict(self, images, numbers):
         images, numbers = check_pairs(images, numbers)
@@ -320,14 +395,26 @@ def _litert_runner(path):
         Interpreter = tf.lite.Interpreter
     with startup.quiet_native_stderr():  # "INFO: Created TensorFlow Lite XNNPACK delegate"
         interpreter = Interpreter(model_path=str(path), num_threads=LITERT_THREADS)
+        if not interpreter.get_signature_list():  # converted without one: nameless
+            raise KerasAdderError(f"{path}: not a keras_adder model: it has no signature "
+                                  "(no named inputs and outputs)")
         runner = interpreter.get_signature_runner()
-        runner(image=np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8), number=np.zeros(1, np.int32))
+        try:  # the first call creates the XNNPACK delegate, which says so on stderr
+            runner(image=np.zeros((1, IMAGE_SIZE, IMAGE_SIZE), np.uint8),
+                   number=np.zeros(1, np.int32))
+        except Exception:
+            pass  # other inputs: serving.formats' interface check names what differs
+    inputs, outputs = (
+        {name: (np.dtype(detail["dtype"]).name,
+                tuple(None if size < 0 else int(size) for size in detail["shape_signature"]))
+         for name, detail in details.items()}
+        for details in (runner.get_input_details(), runner.get_output_details()))
 
     def run(images, numbers):
         # The runner resizes the inputs only when the batch size changes.
         return dict(runner(image=images, number=numbers))
 
-    return run
+    return run, inputs, outputs
 
 
 def _onnx_runner(path):
@@ -343,7 +430,18 @@ def _onnx_runner(path):
         answers = session.run(list(OUTPUTS), {"image": images, "number": numbers})
         return dict(zip(OUTPUTS, answers))
 
-    return run
+    inputs, outputs = ({value.name: (_onnx_dtype(value.type), None if value.shape is None
+                                     else tuple(size if isinstance(size, int) else None
+                                                for size in value.shape))
+                        for value in values}
+                       for values in (session.get_inputs(), session.get_outputs()))
+    return run, inputs, outputs
+
+
+def _onnx_dtype(type_name):
+    """numpy's name for an ONNX tensor type: 'tensor(float)' -> 'float32'."""
+    name = type_name.removeprefix("tensor(").removesuffix(")")
+    return {"float": "float32", "double": "float64", "float16": "float16"}.get(name, name)
 
 
 def load_runtime_model(path):
@@ -356,7 +454,9 @@ def load_runtime_model(path):
     if not path.is_file():
         raise KerasAdderError(f"model file {path} does not exist")
     try:
-        run = (_litert_runner if kind == "litert" else _onnx_runner)(path)
+        run, inputs, outputs = (_litert_runner if kind == "litert" else _onnx_runner)(path)
+    except KerasAdderError:
+        raise
     except Exception as error:
         raise KerasAdderError(f"{path}: not a readable {kind} model ({error})") from None
-    return RuntimeModel(path, kind, run)
+    return RuntimeModel(path, kind, run, inputs, outputs)

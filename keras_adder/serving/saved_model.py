@@ -19,6 +19,7 @@ and an existing version is never touched.
 """
 
 import fcntl
+import hashlib
 import os
 import re
 import shutil
@@ -37,6 +38,7 @@ from keras_adder.core.constants import (
     SIGNATURE,
 )
 from keras_adder.core.errors import KerasAdderError
+from keras_adder.core.files import sync
 from keras_adder.data.pipeline import model_inputs
 from keras_adder.serving.folding import fold_batchnorm
 from keras_adder.serving.warmup import write_warmup_requests
@@ -47,6 +49,7 @@ _VERSION_NAME = re.compile(r"[0-9]+")
 _MAX_VERSION = 2**63 - 1
 STAGING_PREFIX = ".staging-"
 WARMUP_EXAMPLES = 5  # real test images that TF Serving replays when it loads a version
+MAX_REASON = 400  # characters of a failure's reason in its one error line
 
 
 # --- Versions ---------------------------------------------------------------------------
@@ -179,13 +182,76 @@ def claim_staging(export_dir, version):
     return staging, descriptor
 
 
-def export_saved_model(model, export_dir, version=None, *, check_images):
+def fingerprint(folder):
+    """sha256 over every file under `folder` (relative names and bytes, in sorted order):
+    a version copied from a candidate has the candidate's fingerprint."""
+    digest = hashlib.sha256()
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            digest.update(f"{path.relative_to(folder).as_posix()}\0{path.stat().st_size}\0"
+                          .encode())
+            with path.open("rb") as file:
+                for block in iter(lambda: file.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def is_own_version(base_dir, claim):
+    """The version folder `claim` ({"version", "fingerprint"}, recorded before its rename)
+    names under `base_dir`, if it is there with those very files; else None. So a run
+    killed between a rename and its record knows the version as its own on rerun."""
+    if not claim:
+        return None
+    path = Path(base_dir) / str(claim["version"])
+    if path.is_dir() and fingerprint(path) == claim["fingerprint"]:
+        return path
+    return None
+
+
+def rename_into_place(staging, final, before_rename=None):
+    """Flush every file and folder of `staging` to the disk, call
+    `before_rename(version, fingerprint)` (a run records them there), then rename
+    `staging` to `final` and flush that rename. After a power cut the version is
+    then either absent or whole, and a run that recorded its claim recognises it.
+    rename() refuses a non-empty target, so a version that appeared meanwhile is not
+    replaced."""
+    for folder, _, names in os.walk(staging):
+        for name in names:
+            sync(Path(folder, name))
+        sync(folder)
+    if before_rename is not None:
+        before_rename(int(final.name), fingerprint(staging))
+    staging.rename(final)
+    sync(final.parent)
+
+
+def copy_folder(source, target):
+    """Copy the files under `source` into the existing folder `target`, stopping at the
+    first error (shutil.copytree goes on and gathers every file's error in a list)."""
+    source = Path(source)
+    for folder, _, names in os.walk(source):
+        into = target / Path(folder).relative_to(source)
+        into.mkdir(exist_ok=True)
+        for name in names:
+            shutil.copyfile(Path(folder, name), into / name)
+
+
+def reason(error):
+    """What went wrong, in one line: the error's message (an OS error's with its errno
+    and files) with its lines joined, cut at MAX_REASON characters. TensorFlow's
+    messages run over several lines; shutil.copytree's list every file it failed on."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
+
+
+def export_saved_model(model, export_dir, version=None, *, check_images, before_rename=None):
     """Write `model` to `<export_dir>/<version>/` atomically; return that path.
 
     `version` defaults to the next free integer; an existing one is refused.
     `check_images` (uint8 [N, 28, 28], each paired with a number) are run through the
     written SavedModel before it is given its number; the first few also become its
-    TF Serving warm-up requests.
+    TF Serving warm-up requests. `before_rename`: see `rename_into_place`.
     """
     export_dir = Path(export_dir)
     version = free_version(export_dir, version)
@@ -195,7 +261,11 @@ def export_saved_model(model, export_dir, version=None, *, check_images):
     except OSError as error:
         raise KerasAdderError(f"cannot create export directory {export_dir} "
                               f"({error.strerror})") from None
-    staging, lock = claim_staging(export_dir, version)
+    try:
+        staging, lock = claim_staging(export_dir, version)
+    except OSError as error:  # a full disk, a read-only folder
+        raise KerasAdderError(f"export to {final} failed, nothing was written: "
+                              f"{reason(error)}") from None
     try:
         # Served with each BatchNorm folded into its convolution: faster on CPU, and
         # check_export below compares its answers with the unfolded `model`'s.
@@ -209,15 +279,14 @@ def export_saved_model(model, export_dir, version=None, *, check_images):
         write_warmup_requests(staging, check_images[:WARMUP_EXAMPLES],
                               check_numbers[:WARMUP_EXAMPLES])
         check_export(staging, model, check_images, check_numbers)
-        # rename() refuses a non-empty target, so a version that appeared meanwhile
-        # is not replaced either.
-        staging.rename(final)
+        rename_into_place(staging, final, before_rename)
     except BaseException as error:
         # Also on Ctrl-C and SIGTERM: no half-written directory is left behind.
         shutil.rmtree(staging, ignore_errors=True)
         if not isinstance(error, Exception):
             raise
-        raise KerasAdderError(f"export to {final} failed, nothing was written: {error}") from error
+        raise KerasAdderError(f"export to {final} failed, nothing was written: "
+                              f"{reason(error)}") from error
     finally:
         os.close(lock)
     return final
@@ -244,7 +313,8 @@ def resolve_saved_model(path):
 
 
 def load_saved_model(path):
-    """(version path, serving signature) for a SavedModel dir or base path.
+    """(version path, serving signature) for a SavedModel dir or base path; use
+    serving.formats.load_model, which also checks the signature's interface.
 
     Loading a SavedModel runs its graph: load only models from a trusted source.
     """
@@ -254,13 +324,8 @@ def load_saved_model(path):
     except Exception as error:  # TF raises many types for a broken directory
         raise KerasAdderError(f"{path}: not a loadable SavedModel ({error})") from None
     if SIGNATURE not in loaded.signatures:
-        raise KerasAdderError(f"{path}: has no {SIGNATURE!r} signature")
-    inputs = sorted(loaded.signatures[SIGNATURE].structured_input_signature[1])
-    if inputs != ["image", "number"]:
-        raise KerasAdderError(
-            f"{path}: its {SIGNATURE!r} signature takes {', '.join(inputs)}, "
-            "not image and number: not a keras_adder model"
-        )
+        raise KerasAdderError(f"{path}: not a keras_adder model: no {SIGNATURE!r} signature")
+    # Its inputs and outputs are checked by serving.formats.check_interface.
     return path, loaded.signatures[SIGNATURE]
 
 
