@@ -1,4 +1,5 @@
-"""keras_adder.data.pictures: the bounded loaders and MNIST's preparation, on pictures people make."""
+"""keras_adder.data.pictures and .preparation: the bounded loaders and MNIST's preparation
+(TensorFlow ops, run eagerly), on pictures people make."""
 
 import subprocess
 import sys
@@ -12,12 +13,23 @@ from PIL import Image
 
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data import pictures as images
+from keras_adder.data import preparation
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def centre_of_mass(image):
-    return images._centre_of_mass(np.asarray(image, np.float64))
+    image = np.asarray(image, np.float64)
+    rows, cols = np.indices(image.shape)
+    return np.array([(rows * image).sum(), (cols * image).sum()]) / image.sum()
+
+
+def stroke_width(mask):
+    """2 x area / perimeter: the measure behind preparation.MNIST_STROKE."""
+    padded = np.pad(mask, 1)
+    perimeter = (np.count_nonzero(padded[1:] != padded[:-1])
+                 + np.count_nonzero(padded[:, 1:] != padded[:, :-1]))
+    return 2.0 * np.count_nonzero(mask) / max(perimeter, 1)
 
 
 def ink_box(image):
@@ -65,6 +77,21 @@ def test_prepared_digit_is_centred_by_mass_in_a_20_pixel_box(mnist, index):
     assert prepared.image.shape == (28, 28) and prepared.image.dtype == np.uint8
     assert np.all(np.abs(centre_of_mass(prepared.image) - 14.0) <= 0.5)
     assert max(ink_box(prepared.image)) in (19, 20) and min(ink_box(prepared.image)) <= 20
+
+
+def test_pictures_are_prepared_by_the_tensorflow_function(mnist, tmp_path, monkeypatch):
+    """One implementation: load_digit (predict, the demo) runs preparation.prepare, the
+    tf.function a SavedModel can carry, with the mode its `prepare` argument names."""
+    _, (test_images, _) = mnist
+    calls, original = [], preparation.prepare
+    monkeypatch.setattr(preparation, "prepare",
+                        lambda gray, mode: calls.append(mode) or original(gray, mode))
+    Image.fromarray(255 - test_images[5]).save(tmp_path / "five.png")
+    for prepare in (None, True):
+        assert images.load_digit(tmp_path / "five.png", prepare).prepared
+    images.prepare_digit(test_images[5], prepare=False)
+    assert calls == [preparation.AUTO, preparation.ALWAYS, preparation.NEVER]
+    assert isinstance(original, type(preparation.looks_like_mnist))  # a tf.function
 
 
 def test_prepare_false_needs_28x28_and_prepare_true_always_prepares(mnist):
@@ -117,8 +144,8 @@ def test_fine_pen_on_a_big_picture_is_thickened_to_mnist_strokes():
     from PIL import ImageDraw
     ImageDraw.Draw(image).line([(120, 40), (280, 40), (170, 360)], fill=0, width=3)  # a 7
     prepared = images.prepare_digit(np.asarray(image, np.float32))
-    width = images._stroke_width(prepared.image >= 128)
-    assert images.THIN_STROKE <= width <= 3.5
+    width = stroke_width(prepared.image >= 128)
+    assert preparation.THIN_STROKE <= width <= 3.5
 
 
 # --- Diagnostics -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from serving_compat.expect import write_expected
@@ -73,8 +74,6 @@ def test_session_loader_under_oldest_promised_tensorflow(trained_run, expected):
 @pytest.mark.slow
 def test_check_fails_on_answers_that_differ(trained_run, expected, tmp_path):
     """The check can fail: tampered expectations are caught, and the exit code says so."""
-    import numpy as np
-
     with np.load(expected) as npz:
         arrays = dict(npz)
     arrays["sum_probabilities"] = arrays["sum_probabilities"] + 1e-3
@@ -84,4 +83,95 @@ def test_check_fails_on_answers_that_differ(trained_run, expected, tmp_path):
     assert (report["loads"], report["answers"], report["refuses"], report["empty"]) == (
         True, False, True, True)
     assert report["errors"][0].startswith("answers: ")
+    assert returncode == 1
+
+
+# --- The MNIST-style preparation (keras_adder/data/preparation.py) --------------------
+
+PREPARATION = REPO / "keras_adder" / "data" / "preparation.py"
+PREPARATION_CHECK = REPO / "serving_compat" / "preparation_check.py"
+
+
+def preparation_pictures(test_images):
+    """Pictures that take every branch of the preparation, with their modes: an MNIST
+    image as it is and forced, one redrawn dark on a wide sheet under uneven light, a
+    thin-pen and a marker-thick digit (dilation, erosion), a coarse 8x8 scan, two digits
+    side by side, a blank sheet."""
+    from PIL import Image, ImageDraw
+
+    from keras_adder.data import preparation
+
+    rng = np.random.default_rng(36)
+    big = np.asarray(Image.fromarray(test_images[0]).resize((112, 112)), np.float32)
+    sheet = np.linspace(250, 150, 400, dtype=np.float32)[None, :].repeat(260, 0)
+    sheet[40:152, 250:362] -= big * 0.5
+    sheet += rng.normal(0, 3, sheet.shape).astype(np.float32)
+    pens = []
+    for width in (2, 40):
+        pen = Image.new("L", (400, 400), 255)
+        ImageDraw.Draw(pen).line([(120, 40), (280, 40), (170, 360)], fill=0, width=width)
+        pens.append(np.asarray(pen, np.float32))
+    coarse = np.asarray(Image.fromarray(test_images[1]).resize((8, 8), Image.BOX), np.float32)
+    pair = np.concatenate([255 - big, 255 - np.asarray(
+        Image.fromarray(test_images[2]).resize((112, 112)), np.float32)], axis=1)
+    pictures = [test_images[0], test_images[0], sheet, *pens, coarse, pair,
+                np.full((64, 64), 200.0)]
+    modes = [preparation.AUTO, preparation.ALWAYS] + [preparation.AUTO] * 6
+    return [np.asarray(picture, np.float32) for picture in pictures], modes
+
+
+@pytest.fixture(scope="module")
+def preparation_answers(mnist, tmp_path_factory):
+    """The pictures and the project's own TensorFlow's answers, as preparation_check.py
+    reads them."""
+    from keras_adder.data import preparation
+
+    _, (test_images, _) = mnist
+    arrays = {}
+    for i, (gray, mode) in enumerate(zip(*preparation_pictures(test_images))):
+        out = preparation.prepare(gray, mode)
+        arrays.update({f"gray_{i}": gray, f"mode_{i}": np.int32(mode),
+                       f"image_{i}": out["image"].numpy(),
+                       f"facts_{i}": np.array([int(out[name]) for name in (
+                           "prepared", "inverted", "empty", "digits")])})
+    path = tmp_path_factory.mktemp("preparation") / "pictures.npz"
+    np.savez(path, **arrays)
+    return path, arrays
+
+
+def run_preparation_check(python, pictures):
+    result = subprocess.run([str(python), str(PREPARATION_CHECK), str(PREPARATION),
+                             str(pictures)],
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode in (0, 1), result.stderr[-2000:]
+    return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_preparation_pictures_take_every_branch(preparation_answers):
+    _, arrays = preparation_answers
+    facts = [tuple(arrays[f"facts_{i}"]) for i in range(8)]
+    assert facts[0] == (0, 0, 0, 1) and facts[1] == (1, 0, 0, 1)  # as it is; forced
+    assert facts[2] == (1, 1, 0, 1)  # dark ink on a lit sheet
+    assert facts[6][3] == 2 and facts[7][2] == 1  # two digits; a blank sheet
+    assert all(arrays[f"image_{i}"].any() for i in range(7))
+
+
+def test_preparation_runs_under_oldest_promised_tensorflow(preparation_answers):
+    assert OLDEST_PYTHON.is_file(), (
+        f"{OLDEST_PYTHON} is missing: build it with `make .venv-serving-compat/.installed` "
+        "(`make test` does)")
+    returncode, report = run_preparation_check(OLDEST_PYTHON, preparation_answers[0])
+    assert report["tensorflow"] == oldest_tensorflow()
+    assert report["errors"] == []
+    assert report["pictures"] == report["same_facts"] == 8
+    assert report["largest_difference"] <= 1
+    assert returncode == 0
+
+
+def test_preparation_check_fails_on_answers_that_differ(preparation_answers, tmp_path):
+    _, arrays = preparation_answers
+    tampered = dict(arrays, facts_0=arrays["facts_0"] + 1)
+    np.savez(tmp_path / "tampered.npz", **tampered)
+    returncode, report = run_preparation_check(sys.executable, tmp_path / "tampered.npz")
+    assert report["errors"] == [] and report["same_facts"] == 7
     assert returncode == 1
