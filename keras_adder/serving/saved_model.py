@@ -39,6 +39,7 @@ from keras_adder.core.constants import (
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data.pipeline import model_inputs
 from keras_adder.serving.folding import fold_batchnorm
+from keras_adder.serving.image_signature import IMAGE_SIGNATURE, make_image_serving_function
 from keras_adder.serving.warmup import write_warmup_requests
 
 # TF Serving reads a version folder's name as a decimal int64; ASCII digits only
@@ -202,7 +203,10 @@ def export_saved_model(model, export_dir, version=None, *, check_images):
         served = fold_batchnorm(model)
         archive = keras.export.ExportArchive()
         archive.track(served)
-        archive.add_endpoint(SIGNATURE, make_serving_function(served))
+        serve = make_serving_function(served)
+        archive.add_endpoint(SIGNATURE, serve)
+        # Encoded pictures, prepared in the graph, answered through `serve`.
+        archive.add_endpoint(IMAGE_SIGNATURE, make_image_serving_function(serve))
         archive.write_out(str(staging), verbose=False)
         check_images = np.asarray(check_images, np.uint8)
         check_numbers = np.arange(len(check_images), dtype=np.int32) % NUM_DIGITS
