@@ -46,7 +46,7 @@ _LUMA = (0.299, 0.587, 0.114)
 
 NOT_A_PICTURE = (
     "picture {} is not a PNG, JPEG, BMP or GIF file (its first bytes are none of theirs): "
-    "send the file's bytes themselves; in a REST body a string input carries them as "
+    "send the bytes of the file itself; in a REST body, a string input carries them as "
     '{"b64": "<the file in standard base64>"}, not as the base64 text alone')
 
 
@@ -118,12 +118,19 @@ def _header(picture):
 
 
 def _refuse(ok, message, *values):
-    """An assertion that names the first picture for which `ok` is False."""
-    first = tf.argmin(tf.cast(ok, tf.int32), output_type=tf.int32)
-    # One more element, so that an empty request has something to gather too.
-    values = [tf.gather(tf.concat([v, tf.zeros([1], v.dtype)], 0), first) for v in values]
-    text = tf.strings.format(message, [first] + values)
-    return tf.debugging.Assert(tf.reduce_all(ok), [text])
+    """An assertion that names the first picture for which `ok` is False: each "{}" of
+    `message` takes that picture's index, then its `values` in turn."""
+    # One more element, so that an empty request has something to pick too.
+    first = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], 0), output_type=tf.int32)
+    texts = [tf.strings.as_string(first)]
+    for value in values:
+        value = tf.gather(tf.concat([value, tf.zeros([1], value.dtype)], 0), first)
+        texts.append(value if value.dtype == tf.string else tf.strings.as_string(value))
+    pieces = message.split("{}")
+    joined = [pieces[0]]
+    for text, piece in zip(texts, pieces[1:]):
+        joined += [text, piece]
+    return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.join(joined)])
 
 
 def _in_order(checks):
@@ -157,6 +164,7 @@ def _header_checks(headers):
     kind, width, height, frames, problem = headers
     pixels = width * height
     names = tf.gather(tf.constant(FORMATS), kind)
+    total = tf.reduce_sum(pixels * frames)
     return _in_order([
         lambda: _refuse(kind != UNKNOWN, NOT_A_PICTURE),
         lambda: _refuse(problem == 0, "picture {} is a {} whose header gives no usable size "
@@ -171,9 +179,9 @@ def _header_checks(headers):
                         "TensorFlow decodes: over the limit of "
                         f"{MAX_PICTURE_PIXELS:,} pixels in all (send one frame, or a PNG)",
                         width, height, frames),
-        lambda: tf.debugging.Assert(tf.reduce_sum(pixels * frames) <= MAX_REQUEST_PIXELS, [
-            tf.strings.format("the request's pictures hold {} pixels in all, over the limit "
-                              f"of {MAX_REQUEST_PIXELS:,}", tf.reduce_sum(pixels * frames))]),
+        lambda: tf.debugging.Assert(total <= MAX_REQUEST_PIXELS, [tf.strings.join([
+            "the request holds ", tf.strings.as_string(total), " pixels in all (its "
+            f"pictures together), over the limit of {MAX_REQUEST_PIXELS:,}"])]),
     ])
 
 
