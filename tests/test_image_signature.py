@@ -95,7 +95,7 @@ def refused_cases(test_images):
     return {
         "text": (case([png, b"1 2 3"]), ["picture 1 is not a PNG, JPEG, BMP or GIF",
                                          "b64", "the file in standard base64"]),
-        "base64 text": (case([base64.b64encode(png)]), ["picture 0 is not a PNG", '"b64"']),
+        "base64 text": (case([base64.b64encode(png)]), ["picture 0 is not a PNG", "b64"]),
         "too many bytes": (case([png + bytes(signature.MAX_PICTURE_BYTES + 1 - len(png))]),
                            [f"picture 0 has {signature.MAX_PICTURE_BYTES + 1} bytes, over the "
                             f"limit of {signature.MAX_PICTURE_BYTES:,}"]),

@@ -185,30 +185,35 @@ def _header_checks(headers):
     ])
 
 
-def _rgba(pixels):
-    """uint8 [H, W, 1-4 channels] → float32 [H, W, 4] in 0-1 (grey, grey and alpha, RGB,
-    RGBA)."""
-    pixels = tf.cast(pixels, tf.float32) / 255.0
+def _gray(pixels):
+    """uint8 [H, W, 1-4 channels] (grey, grey and alpha, RGB, RGBA) → float32 grey levels
+    [H, W] (0-255), alpha composited onto PAPER. Channel by channel: a 12-MP picture
+    never exists as a float32 [H, W, 4] tensor (192 MB)."""
     channels = tf.shape(pixels)[2]
-    rgb = tf.cond(channels >= 3, lambda: pixels[:, :, :3],
-                  lambda: tf.tile(pixels[:, :, :1], [1, 1, 3]))
-    alpha = tf.cond(tf.equal(channels % 2, 0), lambda: pixels[:, :, -1:],
-                    lambda: tf.ones_like(pixels[:, :, :1]))
-    return tf.concat([rgb, alpha], axis=2)
+
+    def channel(i):
+        return tf.cast(pixels[:, :, i], tf.float32)
+
+    luma = tf.cond(channels >= 3,
+                   lambda: _LUMA[0] * channel(0) + _LUMA[1] * channel(1) + _LUMA[2] * channel(2),
+                   lambda: channel(0))
+
+    def composited():
+        alpha = channel(channels - 1) / 255.0
+        return luma * alpha + PAPER * (1.0 - alpha)
+
+    return tf.round(tf.cond(tf.equal(channels % 2, 0), composited, lambda: luma))
 
 
 def decode_gray(picture, kind):
     """A checked picture → float32 grey levels [H, W] (0-255), alpha composited onto
     PAPER, reduced to at most WORK_SIDE pixels on its longer side."""
-    rgba = tf.switch_case(kind - 1, [
-        lambda: _rgba(tf.io.decode_png(picture, channels=4)),
-        lambda: _rgba(tf.io.decode_jpeg(picture, channels=3)),
-        lambda: _rgba(tf.io.decode_bmp(picture, channels=0)),
-        lambda: _rgba(tf.io.decode_gif(picture)[0]),
-    ])
-    luma = tf.reduce_sum(rgba[:, :, :3] * tf.constant(_LUMA), axis=2) * 255.0
-    alpha = rgba[:, :, 3]
-    gray = tf.round(luma * alpha + PAPER * (1.0 - alpha))[:, :, tf.newaxis]
+    gray = tf.switch_case(kind - 1, [
+        lambda: _gray(tf.io.decode_png(picture, channels=0)),
+        lambda: _gray(tf.io.decode_jpeg(picture, channels=0)),
+        lambda: _gray(tf.io.decode_bmp(picture, channels=0)),
+        lambda: _gray(tf.io.decode_gif(picture)[0]),
+    ])[:, :, tf.newaxis]
     shape = tf.shape(gray)[:2]
     longer = tf.reduce_max(shape)
     reduced = tf.maximum(1, tf.cast(tf.round(tf.cast(shape, tf.float64) * WORK_SIDE
@@ -218,8 +223,25 @@ def decode_gray(picture, kind):
     return gray[:, :, 0]
 
 
-def _prepared(args):
-    picture, kind = args
+def _each(fn, pictures, dtypes, shapes=None):
+    """fn(picture, index) for each picture, one at a time; the stacked results. Unlike
+    tf.map_fn, which first copies the whole batch into a TensorArray, each picture's
+    bytes are taken (tf.gather) only when its turn comes."""
+    count = tf.shape(pictures)[0]
+    shapes = shapes or [[]] * len(dtypes)
+    arrays = [tf.TensorArray(dtype, size=count, element_shape=shape)
+              for dtype, shape in zip(dtypes, shapes)]
+
+    def step(i, arrays):
+        results = fn(tf.gather(pictures, i), i)
+        return i + 1, [array.write(i, result) for array, result in zip(arrays, results)]
+
+    _, arrays = tf.while_loop(lambda i, _: i < count, step, (0, arrays),
+                              parallel_iterations=1)
+    return [array.stack() for array in arrays]
+
+
+def _prepared(picture, kind):
     prepared = preparation.prepare(decode_gray(picture, kind), preparation.AUTO)
     return prepared["image"], tf.logical_not(prepared["empty"]), prepared["digits"]
 
@@ -235,14 +257,13 @@ def make_image_serving_function(serve):
         picture = tf.ensure_shape(picture, [None])
         number = tf.ensure_shape(number, [None])
         with tf.control_dependencies(_request_checks(picture, number)):
-            headers = tf.map_fn(_header, picture, fn_output_signature=(
-                tf.int32, tf.int64, tf.int64, tf.int64, tf.int64))
+            headers = _each(lambda one, _: _header(one), picture,
+                            [tf.int32, tf.int64, tf.int64, tf.int64, tf.int64])
         with tf.control_dependencies(_header_checks(headers)):
             # One picture at a time: the memory is bounded by the largest one.
-            image, ink, digits = tf.map_fn(
-                _prepared, (picture, headers[0]), parallel_iterations=1,
-                fn_output_signature=(tf.TensorSpec([IMAGE_SIZE, IMAGE_SIZE], tf.uint8),
-                                     tf.bool, tf.int32))
+            image, ink, digits = _each(
+                lambda one, i: _prepared(one, headers[0][i]), picture,
+                [tf.uint8, tf.bool, tf.int32], [[IMAGE_SIZE, IMAGE_SIZE], [], []])
         outputs = dict(serve(image=image, number=number))
         for head in ("digit", "sum"):
             outputs[head] = tf.where(ink, outputs[head], -1)
