@@ -233,3 +233,25 @@ def test_every_refusal_says_why(report, request, cases):
         assert answer.get("error") == "InvalidArgumentError", (name, answer)
         for word in words:
             assert word in answer["message"], (name, answer["message"])
+
+
+def test_the_export_check_refuses_an_image_signature_that_differs():
+    """check_export also calls serving_image: wrong images or answers stop the export."""
+    import tensorflow as tf
+
+    from keras_adder.core.errors import KerasAdderError
+    from keras_adder.serving.saved_model import check_image_signature
+
+    images = np.zeros([2, 28, 28], np.uint8)
+    images[:, 10:18, 13:15] = 255
+    served = {"digit": tf.constant([1, 1]), "sum": tf.constant([1, 2])}
+
+    def answering(image, digit):
+        return lambda picture, number: {"image": tf.constant(image), "digit": tf.constant(digit),
+                                        "sum": tf.constant([1, 2])}
+
+    check_image_signature(answering(images, [1, 1]), images, [0, 1], served)
+    with pytest.raises(KerasAdderError, match="does not see MNIST's PNGs as they are"):
+        check_image_signature(answering(images * 0, [1, 1]), images, [0, 1], served)
+    with pytest.raises(KerasAdderError, match="answers digit unlike serving_default"):
+        check_image_signature(answering(images, [1, 7]), images, [0, 1], served)
