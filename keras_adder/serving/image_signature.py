@@ -20,6 +20,8 @@ and the reason. Pictures are decoded and prepared one at a time, so the memory a
 request needs is bounded by the largest picture it may hold, not by the batch.
 """
 
+import base64
+
 import tensorflow as tf
 
 from keras_adder.core.constants import IMAGE_SIZE
@@ -271,3 +273,16 @@ def make_image_serving_function(serve):
         return outputs
 
     return serve_image
+
+
+def picture_request_bodies(pictures, numbers):
+    """TF Serving REST :predict bodies for `serving_image` (row form, columnar form):
+    each picture's bytes as {"b64": standard base64}, the only way JSON carries them."""
+    encoded = [{"b64": base64.b64encode(picture).decode("ascii")} for picture in pictures]
+    numbers = [int(number) for number in numbers]
+    rows = {"signature_name": IMAGE_SIGNATURE,
+            "instances": [{"picture": picture, "number": number}
+                          for picture, number in zip(encoded, numbers)]}
+    columns = {"signature_name": IMAGE_SIGNATURE,
+               "inputs": {"picture": encoded, "number": numbers}}
+    return rows, columns
