@@ -7,7 +7,8 @@
 The model is called through its `serving_default` signature, exactly as TensorFlow
 Serving calls it, so this checks the exported artifact rather than the training code.
 Image files are prepared as MNIST was (crop to the ink, fit a 20x20 box, centre of mass
-at the centre; see `keras_adder.data.pictures`); answers below UNSURE_BELOW are flagged.
+at the centre: TensorFlow ops in `keras_adder.data.preparation`, run eagerly by
+`keras_adder.data.pictures.load_digit`); answers below UNSURE_BELOW are flagged.
 `--write-examples DIR` writes TF Serving REST request bodies for the chosen inputs
 instead of predicting (see docs/serving.md).
 """

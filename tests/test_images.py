@@ -1,4 +1,5 @@
-"""keras_adder.data.pictures: the bounded loaders and MNIST's preparation, on pictures people make."""
+"""keras_adder.data.pictures and .preparation: the bounded loaders and MNIST's preparation
+(TensorFlow ops, run eagerly), on pictures people make."""
 
 import subprocess
 import sys
@@ -12,12 +13,23 @@ from PIL import Image
 
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.data import pictures as images
+from keras_adder.data import preparation
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def centre_of_mass(image):
-    return images._centre_of_mass(np.asarray(image, np.float64))
+    image = np.asarray(image, np.float64)
+    rows, cols = np.indices(image.shape)
+    return np.array([(rows * image).sum(), (cols * image).sum()]) / image.sum()
+
+
+def stroke_width(mask):
+    """2 x area / perimeter: the measure behind preparation.MNIST_STROKE."""
+    padded = np.pad(mask, 1)
+    perimeter = (np.count_nonzero(padded[1:] != padded[:-1])
+                 + np.count_nonzero(padded[:, 1:] != padded[:, :-1]))
+    return 2.0 * np.count_nonzero(mask) / max(perimeter, 1)
 
 
 def ink_box(image):
@@ -117,8 +129,8 @@ def test_fine_pen_on_a_big_picture_is_thickened_to_mnist_strokes():
     from PIL import ImageDraw
     ImageDraw.Draw(image).line([(120, 40), (280, 40), (170, 360)], fill=0, width=3)  # a 7
     prepared = images.prepare_digit(np.asarray(image, np.float32))
-    width = images._stroke_width(prepared.image >= 128)
-    assert images.THIN_STROKE <= width <= 3.5
+    width = stroke_width(prepared.image >= 128)
+    assert preparation.THIN_STROKE <= width <= 3.5
 
 
 # --- Diagnostics -----------------------------------------------------------------------
