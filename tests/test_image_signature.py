@@ -71,6 +71,8 @@ def good_cases(test_images):
         "MNIST PNG": case([encoded(image) for image in digits]),
         "JPEG": case([encoded(enlarged(image).convert("RGB"), "JPEG", quality=95)
                       for image in digits]),
+        "CMYK JPEG": case([encoded(enlarged(image).convert("CMYK"), "JPEG", quality=95)
+                           for image in digits]),
         "BMP": case([encoded(enlarged(image), "BMP") for image in digits]),
         "GIF": case([encoded(enlarged(image), "GIF") for image in digits]),
         "transparent paper": case(transparent),
@@ -206,7 +208,8 @@ def test_enlarged_mnist_pngs_answer_as_raw_pixels(report, request, raw_answers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["MNIST PNG", "JPEG", "BMP", "GIF", "transparent paper"])
+@pytest.mark.parametrize("name", ["MNIST PNG", "JPEG", "CMYK JPEG", "BMP", "GIF",
+                                  "transparent paper"])
 def test_every_format_answers_as_raw_pixels(name, project_report, raw_answers, mnist):
     _, (test_images, _) = mnist
     outputs = project_report["cases"][name]["outputs"]

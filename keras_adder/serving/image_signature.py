@@ -212,7 +212,7 @@ def decode_gray(picture, kind):
     PAPER, reduced to at most WORK_SIDE pixels on its longer side."""
     gray = tf.switch_case(kind - 1, [
         lambda: _gray(tf.io.decode_png(picture, channels=0)),
-        lambda: _gray(tf.io.decode_jpeg(picture, channels=0)),
+        lambda: _gray(tf.io.decode_jpeg(picture, channels=3)),  # grey and CMYK as RGB
         lambda: _gray(tf.io.decode_bmp(picture, channels=0)),
         lambda: _gray(tf.io.decode_gif(picture)[0]),
     ])[:, :, tf.newaxis]
