@@ -79,6 +79,21 @@ def test_prepared_digit_is_centred_by_mass_in_a_20_pixel_box(mnist, index):
     assert max(ink_box(prepared.image)) in (19, 20) and min(ink_box(prepared.image)) <= 20
 
 
+def test_pictures_are_prepared_by_the_tensorflow_function(mnist, tmp_path, monkeypatch):
+    """One implementation: load_digit (predict, the demo) runs preparation.prepare, the
+    tf.function a SavedModel can carry, with the mode its `prepare` argument names."""
+    _, (test_images, _) = mnist
+    calls, original = [], preparation.prepare
+    monkeypatch.setattr(preparation, "prepare",
+                        lambda gray, mode: calls.append(mode) or original(gray, mode))
+    Image.fromarray(255 - test_images[5]).save(tmp_path / "five.png")
+    for prepare in (None, True):
+        assert images.load_digit(tmp_path / "five.png", prepare).prepared
+    images.prepare_digit(test_images[5], prepare=False)
+    assert calls == [preparation.AUTO, preparation.ALWAYS, preparation.NEVER]
+    assert isinstance(original, type(preparation.looks_like_mnist))  # a tf.function
+
+
 def test_prepare_false_needs_28x28_and_prepare_true_always_prepares(mnist):
     _, (test_images, _) = mnist
     with pytest.raises(KerasAdderError, match="only 28x28"):
