@@ -142,3 +142,44 @@ def test_not_a_saved_model(tmp_path):
     with pytest.raises(KerasAdderError, match="is not a SavedModel"):
         write_warmup_requests(tmp_path, GOOD_IMAGES, [1, 2])
     assert not (tmp_path / WARMUP_FILE).parent.exists()
+
+
+def test_picture_requests_warm_the_image_signature(exported_copy, mnist):
+    """With pictures=True the same requests follow for serving_image, each image sent as
+    a PNG drawing, and they replay through it with the raw images' answers."""
+    from keras_adder.serving.image_signature import IMAGE_SIGNATURE
+
+    _, (test_images, _) = mnist
+    images, numbers = test_images[:3], np.array([4, 0, 8], np.int32)
+    requests = read_requests(write_warmup_requests(exported_copy, images, numbers,
+                                                   pictures=True))
+    assert [r.model_spec.signature_name for r in requests] == [SIGNATURE] * 4 + [IMAGE_SIGNATURE] * 4
+    loaded = tf.saved_model.load(str(exported_copy))
+    raw = loaded.signatures[SIGNATURE](image=tf.constant(images), number=tf.constant(numbers))
+    for request in requests[4:]:
+        assert set(request.inputs) == {"picture", "number"}
+        pictures = tf.make_ndarray(request.inputs["picture"])
+        assert all(picture.startswith(b"\x89PNG") for picture in pictures)
+        number = tf.make_ndarray(request.inputs["number"])
+        answer = loaded.signatures[IMAGE_SIGNATURE](picture=tf.constant(pictures),
+                                                    number=tf.constant(number))
+        where = [int(np.flatnonzero(numbers == n)[0]) for n in number]
+        assert answer["digit"].numpy().tolist() == raw["digit"].numpy()[where].tolist()
+        assert all(answer["ink_found"].numpy())
+
+
+def test_exported_warmup_file_covers_both_signatures(trained_run):
+    from keras_adder.serving.image_signature import IMAGE_SIGNATURE
+    from keras_adder.serving.saved_model import WARMUP_EXAMPLES
+
+    requests = read_requests(Path(trained_run["export_path"]) / WARMUP_FILE)
+    names = [r.model_spec.signature_name for r in requests]
+    assert names == [SIGNATURE] * (WARMUP_EXAMPLES + 1) + [IMAGE_SIGNATURE] * (WARMUP_EXAMPLES + 1)
+
+
+def test_picture_requests_count_against_the_record_limit(tmp_path):
+    (tmp_path / "saved_model.pb").touch()
+    half = MAX_WARMUP_RECORDS // 2
+    with pytest.raises(KerasAdderError, match=f"{half} warm-up images are too many"):
+        write_warmup_requests(tmp_path, np.zeros([half, 28, 28], np.uint8),
+                              np.zeros([half], np.int32), pictures=True)

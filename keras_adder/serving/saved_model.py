@@ -12,6 +12,9 @@ MAX_SERVING_BATCH or a tensor of the wrong shape fails the call with InvalidArgu
 (HTTP 400 in TF Serving) whose message says what is wrong; a wrong dtype is refused by
 the signature; an empty batch gives empty outputs.
 
+A second signature, `serving_image` (keras_adder/serving/image_signature.py), takes
+encoded pictures, prepares them in the graph and answers through `serving_default`.
+
 Versions are integers under the base path, the layout TF Serving polls. A version is
 written into a hidden staging sibling, loaded back and checked against the Keras
 model, and only then renamed to its number: a server never sees a half-written model,
@@ -41,6 +44,7 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import sync
 from keras_adder.data.pipeline import model_inputs
 from keras_adder.serving.folding import fold_batchnorm
+from keras_adder.serving.image_signature import IMAGE_SIGNATURE, make_image_serving_function
 from keras_adder.serving.warmup import write_warmup_requests
 
 # TF Serving reads a version folder's name as a decimal int64; ASCII digits only
@@ -143,8 +147,10 @@ def named_outputs(digit_probabilities, sum_probabilities):
 
 def check_export(path, model, images, numbers):
     """Load the written SavedModel; refuse it unless it answers like the Keras model."""
-    serve = tf.saved_model.load(str(path)).signatures[SIGNATURE]
+    loaded = tf.saved_model.load(str(path))
+    serve = loaded.signatures[SIGNATURE]
     served = serve(image=tf.constant(images, tf.uint8), number=tf.constant(numbers, tf.int32))
+    check_image_signature(loaded.signatures[IMAGE_SIGNATURE], images, numbers, served)
     expected = model(model_inputs(images, numbers), training=False)
     for head in ("digit", "sum"):
         got = served[f"{head}_probabilities"].numpy()
@@ -158,6 +164,19 @@ def check_export(path, model, images, numbers):
         raise KerasAdderError("exported signature does not answer an empty batch with nothing")
     # The refusals (number 10, ...) are covered by tests, not here: a refused call makes
     # TensorFlow log an alarming "rendezvous is aborting" line in every training run.
+
+
+def check_image_signature(serve_image, images, numbers, served):
+    """The picture signature, given the images as PNG files, must see them exactly (they
+    are already MNIST-like) and answer as `serving_default` did (`served`)."""
+    pictures = [tf.io.encode_png(image[:, :, np.newaxis]).numpy() for image in images]
+    answered = serve_image(picture=tf.constant(pictures), number=tf.constant(numbers, tf.int32))
+    if not np.array_equal(answered["image"].numpy(), np.asarray(images, np.uint8)):
+        raise KerasAdderError(f"exported {IMAGE_SIGNATURE} does not see MNIST's PNGs as they are")
+    for head in ("digit", "sum"):
+        if not np.array_equal(answered[head].numpy(), served[head].numpy()):
+            raise KerasAdderError(f"exported {IMAGE_SIGNATURE} answers {head} unlike "
+                                  f"{SIGNATURE}")
 
 
 def claim_staging(export_dir, version):
@@ -272,12 +291,15 @@ def export_saved_model(model, export_dir, version=None, *, check_images, before_
         served = fold_batchnorm(model)
         archive = keras.export.ExportArchive()
         archive.track(served)
-        archive.add_endpoint(SIGNATURE, make_serving_function(served))
+        serve = make_serving_function(served)
+        archive.add_endpoint(SIGNATURE, serve)
+        # Encoded pictures, prepared in the graph, answered through `serve`.
+        archive.add_endpoint(IMAGE_SIGNATURE, make_image_serving_function(serve))
         archive.write_out(str(staging), verbose=False)
         check_images = np.asarray(check_images, np.uint8)
         check_numbers = np.arange(len(check_images), dtype=np.int32) % NUM_DIGITS
         write_warmup_requests(staging, check_images[:WARMUP_EXAMPLES],
-                              check_numbers[:WARMUP_EXAMPLES])
+                              check_numbers[:WARMUP_EXAMPLES], pictures=True)
         check_export(staging, model, check_images, check_numbers)
         rename_into_place(staging, final, before_rename)
     except BaseException as error:

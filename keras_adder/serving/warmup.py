@@ -7,7 +7,9 @@ looks for `<version>/assets.extra/tf_serving_warmup_requests`, a TFRecord file o
 available (at most 1000 records, else the version fails to load).
 
 The file holds one Predict request per example (batch 1, the usual REST call) and one
-request with all of them, so a larger batch is warm too.
+request with all of them, so a larger batch is warm too. With `pictures=True` the same
+requests follow for the `serving_image` signature, each example sent as a PNG drawing
+(4x enlarged, dark on white, as a canvas gives it), so the preparation's kernels are warm.
 """
 
 from pathlib import Path
@@ -19,13 +21,14 @@ from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
 from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS, SIGNATURE
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import write_atomically
+from keras_adder.serving.image_signature import IMAGE_SIGNATURE
 
 WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
 # TF Serving refuses to load a version whose warm-up file has more records.
 MAX_WARMUP_RECORDS = 1000
 
 
-def _checked_arrays(images, numbers):
+def _checked_arrays(images, numbers, signatures=1):
     """`images` as uint8 [n, 28, 28] and `numbers` as int32 [n], or a KerasAdderError."""
     images, numbers = np.asarray(images), np.asarray(numbers)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
@@ -39,9 +42,10 @@ def _checked_arrays(images, numbers):
         )
     if not len(images):
         raise KerasAdderError("no warm-up images given; TF Serving needs at least one request")
-    if len(images) + 1 > MAX_WARMUP_RECORDS:
+    if (len(images) + 1) * signatures > MAX_WARMUP_RECORDS:
         raise KerasAdderError(f"{len(images)} warm-up images are too many: TF Serving reads "
-                              f"at most {MAX_WARMUP_RECORDS} records (one per image, plus one)")
+                              f"at most {MAX_WARMUP_RECORDS} records (one per image, plus one, "
+                              f"for each of {signatures} signature(s))")
     if numbers.min() < 0 or numbers.max() >= NUM_DIGITS:
         raise KerasAdderError(f"warm-up numbers must be integers from 0 to {NUM_DIGITS - 1}")
     return images, numbers.astype(np.int32)
@@ -59,20 +63,48 @@ def _prediction_log(model_name, images, numbers):
     return log.SerializeToString()
 
 
-def write_warmup_requests(saved_model_dir, images, numbers, *, model_name="keras_adder"):
+def _picture_log(model_name, pictures, numbers):
+    """The same for `serving_image`: `pictures` is a list of encoded files."""
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = model_name
+    request.model_spec.signature_name = IMAGE_SIGNATURE
+    request.inputs["picture"].CopyFrom(tf.make_tensor_proto(pictures, dtype=tf.string))
+    request.inputs["number"].CopyFrom(tf.make_tensor_proto(numbers, dtype=tf.int32))
+    log = prediction_log_pb2.PredictionLog()
+    log.predict_log.request.CopyFrom(request)
+    return log.SerializeToString()
+
+
+def drawings(images):
+    """MNIST images (uint8 [n, 28, 28]) → PNG bytes of each drawn as a person would: 4x
+    enlarged, dark ink on white."""
+    enlarged = tf.image.resize(images[..., np.newaxis], [4 * IMAGE_SIZE, 4 * IMAGE_SIZE])
+    inverted = tf.cast(255 - tf.clip_by_value(tf.round(enlarged), 0, 255), tf.uint8)
+    return [tf.io.encode_png(image).numpy() for image in inverted]
+
+
+def write_warmup_requests(saved_model_dir, images, numbers, *, model_name="keras_adder",
+                          pictures=False):
     """Write `<saved_model_dir>/assets.extra/tf_serving_warmup_requests`; return its path.
 
     `images` (uint8 [n, 28, 28]) and `numbers` (integers 0-9, [n]) become n batch-1
-    Predict requests plus one batch-n request for `model_name`'s serving signature. The
-    file appears whole or not at all; an existing one is replaced.
+    Predict requests plus one batch-n request for `model_name`'s serving signature, and
+    with `pictures` (a SavedModel with the `serving_image` signature) the same requests
+    for that one, the images sent as `drawings`. The file appears whole or not at all;
+    an existing one is replaced.
     """
     saved_model_dir = Path(saved_model_dir)
     if not (saved_model_dir / "saved_model.pb").is_file():
         raise KerasAdderError(f"{saved_model_dir} is not a SavedModel (no saved_model.pb)")
-    images, numbers = _checked_arrays(images, numbers)
+    images, numbers = _checked_arrays(images, numbers, 2 if pictures else 1)
     records = [_prediction_log(model_name, images[i:i + 1], numbers[i:i + 1])
                for i in range(len(images))]
     records.append(_prediction_log(model_name, images, numbers))
+    if pictures:
+        drawn = drawings(images)
+        records += [_picture_log(model_name, drawn[i:i + 1], numbers[i:i + 1])
+                    for i in range(len(images))]
+        records.append(_picture_log(model_name, drawn, numbers))
     path = saved_model_dir / WARMUP_FILE
     try:
         path.parent.mkdir(exist_ok=True)

@@ -1,0 +1,288 @@
+"""The `serving_image` signature: encoded pictures in, prepared in the graph, answers out.
+
+A TF Serving client with a photo or a canvas drawing sends the file's bytes; the
+SavedModel checks them, decodes them and prepares them as MNIST was
+(`keras_adder.data.preparation.prepare`), then answers through `serving_default`:
+
+    inputs:  picture tf.string [N]  (a PNG, JPEG, BMP or GIF file's bytes; over REST
+                                     {"b64": "<standard base64 of the file>"})
+             number  int32 [N]      (0-9)
+    outputs: digit, sum, digit_probabilities, sum_probabilities (as serving_default;
+             digit and sum are -1 for a picture in which no ink was found),
+             image       uint8 [N, 28, 28]  (what the model saw)
+             ink_found   bool [N]           (False: a blank picture, answered -1)
+             digits_seen int32 [N]          (groups of marks that look like separate
+                                             digits; more than 1: one digit per picture)
+
+Every limit is checked from the bytes and the headers before anything is decoded, and a
+refused request fails with InvalidArgument (HTTP 400 in TF Serving) naming the picture
+and the reason. Pictures are decoded and prepared one at a time, so the memory a
+request needs is bounded by the largest picture it may hold, not by the batch.
+"""
+
+import base64
+
+import tensorflow as tf
+
+from keras_adder.core.constants import IMAGE_SIZE
+from keras_adder.data import preparation
+
+IMAGE_SIGNATURE = "serving_image"
+
+# The limits (docs/serving.md gives the peak memory of the worst request they allow).
+MAX_PICTURE_BYTES = 4 * 1024 * 1024  # E: a 12-MP phone JPEG is 2-5 MB
+MAX_PICTURE_PIXELS = 12_000_000  # P: a 12-MP phone photo (4000x3000)
+MAX_PICTURES = 64  # B: pictures in one request
+MAX_REQUEST_PIXELS = 48_000_000  # T: all of a request's pictures together
+# Transparent pixels show the paper: white, as a canvas drawing or a scan is.
+PAPER = 255.0
+# Pictures are reduced (area-averaged) to this longer side before the preparation, as
+# keras_adder.data.pictures.WORK_SIDE: ample for a 20x20 result.
+WORK_SIDE = 512
+
+UNKNOWN, PNG, JPEG, BMP, GIF = 0, 1, 2, 3, 4
+FORMATS = ["not a picture", "PNG", "JPEG", "BMP", "GIF"]
+_HEAD = 32  # header bytes read for the format and the size
+# Grey from RGB with ITU-R 601-2 luma, as Pillow's convert("L") (keras_adder.data.pictures).
+_LUMA = (0.299, 0.587, 0.114)
+
+NOT_A_PICTURE = (
+    "picture {} is not a PNG, JPEG, BMP or GIF file (its first bytes are none of theirs): "
+    "send the bytes of the file itself; in a REST body, a string input carries them as "
+    '{"b64": "<the file in standard base64>"}, not as the base64 text alone')
+
+
+def _bytes_at(head, start, count, big_endian):
+    """An unsigned integer from `count` bytes of `head` (int64 [_HEAD]) at `start`."""
+    value = tf.constant(0, tf.int64)
+    order = range(count) if big_endian else reversed(range(count))
+    for i in order:
+        value = value * 256 + head[start + i]
+    return value
+
+
+def _signed32(value):
+    return tf.where(value >= 2**31, value - 2**32, value)
+
+
+def _starts_with(head, magic):
+    return tf.reduce_all(tf.equal(head[:len(magic)], list(magic)))
+
+
+def _header(picture):
+    """What the first bytes say, without decoding: (format code, width, height, an upper
+    bound on the frames TensorFlow would decode, a problem code: 0 none, 1 a header
+    that names no size (PNG without IHDR, OS/2 BMP))."""
+    start = tf.strings.substr(picture, 0, _HEAD)  # shorter for a short string
+    padded = tf.strings.substr(tf.strings.join([start, b"\0" * _HEAD]), 0, _HEAD)
+    head = tf.cast(tf.io.decode_raw(padded, tf.uint8), tf.int64)
+    head = tf.ensure_shape(head, [_HEAD])
+    one, zero = tf.constant(1, tf.int64), tf.constant(0, tf.int64)
+    is_png = _starts_with(head, b"\x89PNG\r\n\x1a\n")
+    is_jpeg = _starts_with(head, b"\xff\xd8\xff")
+    is_bmp = _starts_with(head, b"BM")
+    is_gif = tf.logical_or(_starts_with(head, b"GIF87a"), _starts_with(head, b"GIF89a"))
+    kind = tf.where(is_png, PNG, tf.where(is_jpeg, JPEG, tf.where(
+        is_bmp, BMP, tf.where(is_gif, GIF, UNKNOWN))))
+
+    def png():
+        named = tf.reduce_all(tf.equal(head[12:16], list(b"IHDR")))
+        return (_bytes_at(head, 16, 4, True), _bytes_at(head, 20, 4, True), one,
+                tf.where(named, zero, one))
+
+    def jpeg():
+        # Reads the markers up to the frame header; a corrupt header fails here, still
+        # before any pixel is decoded.
+        shape = tf.cast(tf.io.extract_jpeg_shape(picture), tf.int64)
+        return shape[1], shape[0], one, zero
+
+    def bmp():
+        # BITMAPINFOHEADER and later (40+ bytes) hold int32 sizes; the height is
+        # negative for a top-down picture. OS/2's 12-byte header is refused.
+        modern = _bytes_at(head, 14, 4, False) >= 40
+        height = tf.abs(_signed32(_bytes_at(head, 22, 4, False)))
+        return (_signed32(_bytes_at(head, 18, 4, False)), height, one,
+                tf.where(modern, zero, one))
+
+    def gif():
+        # TensorFlow decodes every frame, each as large as the logical screen. A frame
+        # starts with an image separator byte (0x2C), so their count bounds the frames.
+        separators = tf.reduce_sum(tf.cast(tf.equal(tf.io.decode_raw(picture, tf.uint8), 0x2C),
+                                           tf.int64))
+        return (_bytes_at(head, 6, 2, False), _bytes_at(head, 8, 2, False),
+                tf.maximum(separators, one), zero)
+
+    def unknown():
+        return zero, zero, one, zero
+
+    width, height, frames, problem = tf.switch_case(kind, [unknown, png, jpeg, bmp, gif])
+    return tf.cast(kind, tf.int32), width, height, frames, problem
+
+
+def _refuse(ok, message, *values):
+    """An assertion that names the first picture for which `ok` is False: each "{}" of
+    `message` takes that picture's index, then its `values` in turn."""
+    # One more element, so that an empty request has something to pick too.
+    first = tf.argmin(tf.concat([tf.cast(ok, tf.int32), [0]], 0), output_type=tf.int32)
+    texts = [tf.strings.as_string(first)]
+    for value in values:
+        value = tf.gather(tf.concat([value, tf.zeros([1], value.dtype)], 0), first)
+        texts.append(value if value.dtype == tf.string else tf.strings.as_string(value))
+    pieces = message.split("{}")
+    joined = [pieces[0]]
+    for text, piece in zip(texts, pieces[1:]):
+        joined += [text, piece]
+    return tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.join(joined)])
+
+
+def _in_order(checks):
+    """Run the assertions one after the other, so that a request is refused for the
+    first reason that applies (and a later check never sees what an earlier refused)."""
+    done = []
+    for check in checks:
+        with tf.control_dependencies(done):
+            done = [check()]
+    return done
+
+
+def _request_checks(picture, number):
+    """The refusals decided from the request's shape and byte counts alone."""
+    count = tf.shape(picture)[0]
+    size = tf.cast(tf.strings.length(picture), tf.int64)
+    return _in_order([
+        lambda: tf.debugging.assert_equal(
+            tf.shape(number)[0], count,
+            message="picture and number must have the same batch size"),
+        lambda: tf.debugging.assert_less_equal(
+            count, MAX_PICTURES, message=f"a request may hold at most {MAX_PICTURES} pictures"),
+        lambda: _refuse(size <= MAX_PICTURE_BYTES,
+                        f"picture {{}} has {{}} bytes, over the limit of {MAX_PICTURE_BYTES:,}",
+                        size),
+    ])
+
+
+def _header_checks(headers):
+    """The refusals decided from each picture's header, before anything is decoded."""
+    kind, width, height, frames, problem = headers
+    pixels = width * height
+    names = tf.gather(tf.constant(FORMATS), kind)
+    total = tf.reduce_sum(pixels * frames)
+    return _in_order([
+        lambda: _refuse(kind != UNKNOWN, NOT_A_PICTURE),
+        lambda: _refuse(problem == 0, "picture {} is a {} whose header gives no usable size "
+                        "(a PNG without IHDR first, or an OS/2 BMP)", names),
+        lambda: _refuse((width > 0) & (height > 0), "picture {} is a {} of {}x{}: no pixels",
+                        names, width, height),
+        lambda: _refuse(pixels <= MAX_PICTURE_PIXELS, "picture {} is a {} of {}x{} = {} "
+                        f"pixels, over the limit of {MAX_PICTURE_PIXELS:,}",
+                        names, width, height, pixels),
+        lambda: _refuse(pixels * frames <= MAX_PICTURE_PIXELS,
+                        "picture {} is a GIF of {}x{} that may hold {} frames, all of which "
+                        "TensorFlow decodes: over the limit of "
+                        f"{MAX_PICTURE_PIXELS:,} pixels in all (send one frame, or a PNG)",
+                        width, height, frames),
+        lambda: tf.debugging.Assert(total <= MAX_REQUEST_PIXELS, [tf.strings.join([
+            "the request holds ", tf.strings.as_string(total), " pixels in all (its "
+            f"pictures together), over the limit of {MAX_REQUEST_PIXELS:,}"])]),
+    ])
+
+
+def _gray(pixels):
+    """uint8 [H, W, 1-4 channels] (grey, grey and alpha, RGB, RGBA) → float32 grey levels
+    [H, W] (0-255), alpha composited onto PAPER. Channel by channel: a 12-MP picture
+    never exists as a float32 [H, W, 4] tensor (192 MB)."""
+    channels = tf.shape(pixels)[2]
+
+    def channel(i):
+        return tf.cast(pixels[:, :, i], tf.float32)
+
+    luma = tf.cond(channels >= 3,
+                   lambda: _LUMA[0] * channel(0) + _LUMA[1] * channel(1) + _LUMA[2] * channel(2),
+                   lambda: channel(0))
+
+    def composited():
+        alpha = channel(channels - 1) / 255.0
+        return luma * alpha + PAPER * (1.0 - alpha)
+
+    return tf.round(tf.cond(tf.equal(channels % 2, 0), composited, lambda: luma))
+
+
+def decode_gray(picture, kind):
+    """A checked picture → float32 grey levels [H, W] (0-255), alpha composited onto
+    PAPER, reduced to at most WORK_SIDE pixels on its longer side."""
+    gray = tf.switch_case(kind - 1, [
+        lambda: _gray(tf.io.decode_png(picture, channels=0)),
+        lambda: _gray(tf.io.decode_jpeg(picture, channels=3)),  # grey and CMYK as RGB
+        lambda: _gray(tf.io.decode_bmp(picture, channels=0)),
+        lambda: _gray(tf.io.decode_gif(picture)[0]),
+    ])[:, :, tf.newaxis]
+    shape = tf.shape(gray)[:2]
+    longer = tf.reduce_max(shape)
+    reduced = tf.maximum(1, tf.cast(tf.round(tf.cast(shape, tf.float64) * WORK_SIDE
+                                             / tf.cast(longer, tf.float64)), tf.int32))
+    gray = tf.cond(longer > WORK_SIDE,
+                   lambda: tf.image.resize(gray, reduced, method="area"), lambda: gray)
+    return gray[:, :, 0]
+
+
+def _each(fn, pictures, dtypes, shapes=None):
+    """fn(picture, index) for each picture, one at a time; the stacked results. Unlike
+    tf.map_fn, which first copies the whole batch into a TensorArray, each picture's
+    bytes are taken (tf.gather) only when its turn comes."""
+    count = tf.shape(pictures)[0]
+    shapes = shapes or [[]] * len(dtypes)
+    arrays = [tf.TensorArray(dtype, size=count, element_shape=shape)
+              for dtype, shape in zip(dtypes, shapes)]
+
+    def step(i, arrays):
+        results = fn(tf.gather(pictures, i), i)
+        return i + 1, [array.write(i, result) for array, result in zip(arrays, results)]
+
+    _, arrays = tf.while_loop(lambda i, _: i < count, step, (0, arrays),
+                              parallel_iterations=1)
+    return [array.stack() for array in arrays]
+
+
+def _prepared(picture, kind):
+    prepared = preparation.prepare(decode_gray(picture, kind), preparation.AUTO)
+    return prepared["image"], tf.logical_not(prepared["empty"]), prepared["digits"]
+
+
+def make_image_serving_function(serve):
+    """The picture signature, answering through `serve` (the raw-pixel signature)."""
+
+    @tf.function(input_signature=[
+        tf.TensorSpec([None], tf.string, name="picture"),
+        tf.TensorSpec([None], tf.int32, name="number"),
+    ], autograph=False)
+    def serve_image(picture, number):
+        picture = tf.ensure_shape(picture, [None])
+        number = tf.ensure_shape(number, [None])
+        with tf.control_dependencies(_request_checks(picture, number)):
+            headers = _each(lambda one, _: _header(one), picture,
+                            [tf.int32, tf.int64, tf.int64, tf.int64, tf.int64])
+        with tf.control_dependencies(_header_checks(headers)):
+            # One picture at a time: the memory is bounded by the largest one.
+            image, ink, digits = _each(
+                lambda one, i: _prepared(one, headers[0][i]), picture,
+                [tf.uint8, tf.bool, tf.int32], [[IMAGE_SIZE, IMAGE_SIZE], [], []])
+        outputs = dict(serve(image=image, number=number))
+        for head in ("digit", "sum"):
+            outputs[head] = tf.where(ink, outputs[head], -1)
+        outputs.update(image=image, ink_found=ink, digits_seen=digits)
+        return outputs
+
+    return serve_image
+
+
+def picture_request_bodies(pictures, numbers):
+    """TF Serving REST :predict bodies for `serving_image` (row form, columnar form):
+    each picture's bytes as {"b64": standard base64}, the only way JSON carries them."""
+    encoded = [{"b64": base64.b64encode(picture).decode("ascii")} for picture in pictures]
+    numbers = [int(number) for number in numbers]
+    rows = {"signature_name": IMAGE_SIGNATURE,
+            "instances": [{"picture": picture, "number": number}
+                          for picture, number in zip(encoded, numbers)]}
+    columns = {"signature_name": IMAGE_SIGNATURE,
+               "inputs": {"picture": encoded, "number": numbers}}
+    return rows, columns
