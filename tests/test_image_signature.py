@@ -17,6 +17,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from keras_adder.serving import image_signature as signature
+from keras_adder.serving.rest import tensors_from_rest_body
 
 REPO = Path(__file__).resolve().parents[1]
 IMAGE_CHECK = REPO / "serving_compat" / "image_check.py"
@@ -286,14 +287,6 @@ def test_picture_example_bodies_are_what_the_writer_gives(mnist):
     assert json.loads((EXAMPLES / "picture_inputs.json").read_text()) == columns
 
 
-def b64_strings(values):
-    # TF Serving's rule for a DT_STRING input (json_tensor.cc): an object whose one key is
-    # "b64" holds standard base64. keras_adder.serving.rest reads it too on branch
-    # rel-interface; this is the same rule until that is merged.
-    assert all(isinstance(v, dict) and list(v) == ["b64"] for v in values)
-    return [base64.b64decode(v["b64"], validate=True) for v in values]
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["picture_instances.json", "picture_inputs.json"])
 def test_picture_rest_bodies_get_the_right_answers(name, trained_run):
@@ -301,13 +294,10 @@ def test_picture_rest_bodies_get_the_right_answers(name, trained_run):
 
     body = json.loads((EXAMPLES / name).read_text())
     assert body["signature_name"] == signature.IMAGE_SIGNATURE
-    if "instances" in body:
-        columns = {key: [row[key] for row in body["instances"]] for key in ("picture", "number")}
-    else:
-        columns = body["inputs"]
     serve = tf.saved_model.load(trained_run["export_path"]).signatures[body["signature_name"]]
-    answer = serve(picture=tf.constant(b64_strings(columns["picture"])),
-                   number=tf.constant(columns["number"], tf.int32))
+    # Parsed as TF Serving parses it: {"b64": ...} becomes the picture's bytes.
+    tensors = tensors_from_rest_body(body, serve.structured_input_signature[1])
+    answer = serve(**{name: tf.constant(array) for name, array in tensors.items()})
     assert answer["digit"].numpy().tolist() == [7, 2, 1]
     assert answer["sum"].numpy().tolist() == [12, 11, 1]
     assert answer["ink_found"].numpy().all()

@@ -44,7 +44,10 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import sync
 from keras_adder.data.pipeline import model_inputs
 from keras_adder.serving.folding import fold_batchnorm
-from keras_adder.serving.image_signature import IMAGE_SIGNATURE, make_image_serving_function
+from keras_adder.serving.image_signature import (
+    IMAGE_SIGNATURE,
+    make_image_serving_function,
+)
 from keras_adder.serving.warmup import write_warmup_requests
 
 # TF Serving reads a version folder's name as a decimal int64; ASCII digits only
