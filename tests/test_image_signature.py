@@ -260,15 +260,27 @@ def test_the_export_check_refuses_an_image_signature_that_differs():
     images[:, 10:18, 13:15] = 255
     served = {"digit": tf.constant([1, 1]), "sum": tf.constant([1, 2])}
 
-    def answering(image, digit):
+    def answering(image, digit, ink=(True, True)):
         return lambda picture, number: {"image": tf.constant(image), "digit": tf.constant(digit),
-                                        "sum": tf.constant([1, 2])}
+                                        "sum": tf.constant([1, 2]), "ink_found": tf.constant(ink)}
 
     check_image_signature(answering(images, [1, 1]), images, [0, 1], served)
     with pytest.raises(KerasAdderError, match="does not see MNIST's PNGs as they are"):
         check_image_signature(answering(images * 0, [1, 1]), images, [0, 1], served)
     with pytest.raises(KerasAdderError, match="answers digit unlike serving_default"):
         check_image_signature(answering(images, [1, 7]), images, [0, 1], served)
+    with pytest.raises(KerasAdderError, match="finds ink unlike the pictures hold"):
+        check_image_signature(answering(images, [1, 1], ink=(True, False)), images, [0, 1],
+                              served)
+    # A blank check image is answered "no ink" (-1), never as serving_default's guess.
+    images[1] = 0
+    blank = {"image": images, "digit": [1, -1], "sum": [1, -1], "ink_found": (True, False)}
+    check_image_signature(lambda picture, number: {key: tf.constant(value)
+                                                   for key, value in blank.items()},
+                          images, [0, 1], served)
+    with pytest.raises(KerasAdderError, match="answers digit unlike serving_default"):
+        check_image_signature(answering(images, [1, 1], ink=(True, False)), images, [0, 1],
+                              served)
 
 
 # --- REST bodies with {"b64": ...} ------------------------------------------------------

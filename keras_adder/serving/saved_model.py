@@ -176,8 +176,14 @@ def check_image_signature(serve_image, images, numbers, served):
     answered = serve_image(picture=tf.constant(pictures), number=tf.constant(numbers, tf.int32))
     if not np.array_equal(answered["image"].numpy(), np.asarray(images, np.uint8)):
         raise KerasAdderError(f"exported {IMAGE_SIGNATURE} does not see MNIST's PNGs as they are")
+    # A blank picture is answered "no ink" (-1) by design; every other one as serving_default.
+    ink = np.asarray(images, np.uint8).reshape(len(images), -1).any(axis=1)
+    if not np.array_equal(answered["ink_found"].numpy(), ink):
+        raise KerasAdderError(f"exported {IMAGE_SIGNATURE} finds ink unlike the pictures hold")
     for head in ("digit", "sum"):
-        if not np.array_equal(answered[head].numpy(), served[head].numpy()):
+        answers = answered[head].numpy()
+        if (not np.array_equal(answers[ink], served[head].numpy()[ink])
+                or (answers[~ink] != -1).any()):
             raise KerasAdderError(f"exported {IMAGE_SIGNATURE} answers {head} unlike "
                                   f"{SIGNATURE}")
 
