@@ -15,6 +15,7 @@ from keras_adder import export
 from keras_adder.cli import run
 from keras_adder.core.constants import SIGNATURE
 from keras_adder.core.errors import KerasAdderError
+from keras_adder.serving.image_signature import IMAGE_SIGNATURE
 from keras_adder.serving.saved_model import WARMUP_EXAMPLES
 from keras_adder.serving.warmup import (
     MAX_WARMUP_RECORDS,
@@ -88,16 +89,24 @@ def test_every_version_the_project_exports_carries_warmup_requests_that_replay(
         path = Path(version) / WARMUP_FILE
         assert path.is_file(), f"{what} has no {WARMUP_FILE}"
         requests = read_requests(path)
-        assert len(requests) == len(batches), what
-        serve = tf.saved_model.load(str(version)).signatures[SIGNATURE]
+        # Both signatures are warmed: raw pixels first, then the same images as pictures.
+        assert [r.model_spec.signature_name for r in requests] == (
+            [SIGNATURE] * len(batches) + [IMAGE_SIGNATURE] * len(batches)), what
+        signatures = tf.saved_model.load(str(version)).signatures
         for request, batch in zip(requests, batches):
-            assert request.model_spec.signature_name == SIGNATURE
             image = tf.make_ndarray(request.inputs["image"])
             number = tf.make_ndarray(request.inputs["number"])
             np.testing.assert_array_equal(image, images[batch])
             np.testing.assert_array_equal(number, numbers[batch])
-            replayed = serve(image=tf.constant(image), number=tf.constant(number))
+            replayed = signatures[SIGNATURE](image=tf.constant(image), number=tf.constant(number))
             assert replayed["digit"].shape == (batch.stop - batch.start,), what
+        for request, batch in zip(requests[len(batches):], batches):
+            number = tf.make_ndarray(request.inputs["number"])
+            np.testing.assert_array_equal(number, numbers[batch])
+            replayed = signatures[IMAGE_SIGNATURE](
+                picture=tf.constant(tf.make_ndarray(request.inputs["picture"])),
+                number=tf.constant(number))
+            assert replayed["ink_found"].numpy().all(), what
 
 
 def test_model_name_and_rewrite(exported_copy, mnist):
@@ -147,8 +156,6 @@ def test_not_a_saved_model(tmp_path):
 def test_picture_requests_warm_the_image_signature(exported_copy, mnist):
     """With pictures=True the same requests follow for serving_image, each image sent as
     a PNG drawing, and they replay through it with the raw images' answers."""
-    from keras_adder.serving.image_signature import IMAGE_SIGNATURE
-
     _, (test_images, _) = mnist
     images, numbers = test_images[:3], np.array([4, 0, 8], np.int32)
     requests = read_requests(write_warmup_requests(exported_copy, images, numbers,
@@ -169,9 +176,6 @@ def test_picture_requests_warm_the_image_signature(exported_copy, mnist):
 
 
 def test_exported_warmup_file_covers_both_signatures(trained_run):
-    from keras_adder.serving.image_signature import IMAGE_SIGNATURE
-    from keras_adder.serving.saved_model import WARMUP_EXAMPLES
-
     requests = read_requests(Path(trained_run["export_path"]) / WARMUP_FILE)
     names = [r.model_spec.signature_name for r in requests]
     assert names == [SIGNATURE] * (WARMUP_EXAMPLES + 1) + [IMAGE_SIGNATURE] * (WARMUP_EXAMPLES + 1)

@@ -153,7 +153,6 @@ def check_export(path, model, images, numbers):
     loaded = tf.saved_model.load(str(path))
     serve = loaded.signatures[SIGNATURE]
     served = serve(image=tf.constant(images, tf.uint8), number=tf.constant(numbers, tf.int32))
-    check_image_signature(loaded.signatures[IMAGE_SIGNATURE], images, numbers, served)
     expected = model(model_inputs(images, numbers), training=False)
     for head in ("digit", "sum"):
         got = served[f"{head}_probabilities"].numpy()
@@ -161,6 +160,7 @@ def check_export(path, model, images, numbers):
             raise KerasAdderError(f"exported {head} probabilities differ from the Keras model's")
         if not np.array_equal(served[head].numpy(), got.argmax(axis=-1)):
             raise KerasAdderError(f"exported {head} classes disagree with their probabilities")
+    check_image_signature(loaded.signatures[IMAGE_SIGNATURE], images, numbers, served)
     empty = serve(image=tf.zeros([0, IMAGE_SIZE, IMAGE_SIZE], tf.uint8),
                   number=tf.zeros([0], tf.int32))
     if any(value.shape[0] != 0 for value in empty.values()):
