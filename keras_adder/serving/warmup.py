@@ -51,28 +51,21 @@ def _checked_arrays(images, numbers, signatures=1):
     return images, numbers.astype(np.int32)
 
 
-def _prediction_log(model_name, images, numbers):
-    """One serialized PredictionLog holding a Predict request for these examples."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = SIGNATURE
-    request.inputs["image"].CopyFrom(tf.make_tensor_proto(images, dtype=tf.uint8))
-    request.inputs["number"].CopyFrom(tf.make_tensor_proto(numbers, dtype=tf.int32))
-    log = prediction_log_pb2.PredictionLog()
-    log.predict_log.request.CopyFrom(request)
-    return log.SerializeToString()
-
-
-def _picture_log(model_name, pictures, numbers):
-    """The same for `serving_image`: `pictures` is a list of encoded files."""
-    request = predict_pb2.PredictRequest()
-    request.model_spec.name = model_name
-    request.model_spec.signature_name = IMAGE_SIGNATURE
-    request.inputs["picture"].CopyFrom(tf.make_tensor_proto(pictures, dtype=tf.string))
-    request.inputs["number"].CopyFrom(tf.make_tensor_proto(numbers, dtype=tf.int32))
-    log = prediction_log_pb2.PredictionLog()
-    log.predict_log.request.CopyFrom(request)
-    return log.SerializeToString()
+def _prediction_logs(model_name, signature, inputs):
+    """Serialized PredictionLogs for one signature: a Predict request per example, then
+    one with all of them. `inputs` maps each input's name to (values [n, ...], dtype)."""
+    count = len(next(iter(inputs.values()))[0])
+    logs = []
+    for batch in [slice(i, i + 1) for i in range(count)] + [slice(0, count)]:
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = model_name
+        request.model_spec.signature_name = signature
+        for name, (values, dtype) in inputs.items():
+            request.inputs[name].CopyFrom(tf.make_tensor_proto(values[batch], dtype=dtype))
+        log = prediction_log_pb2.PredictionLog()
+        log.predict_log.request.CopyFrom(request)
+        logs.append(log.SerializeToString())
+    return logs
 
 
 def drawings(images):
@@ -97,14 +90,12 @@ def write_warmup_requests(saved_model_dir, images, numbers, *, model_name="keras
     if not (saved_model_dir / "saved_model.pb").is_file():
         raise KerasAdderError(f"{saved_model_dir} is not a SavedModel (no saved_model.pb)")
     images, numbers = _checked_arrays(images, numbers, 2 if pictures else 1)
-    records = [_prediction_log(model_name, images[i:i + 1], numbers[i:i + 1])
-               for i in range(len(images))]
-    records.append(_prediction_log(model_name, images, numbers))
+    records = _prediction_logs(model_name, SIGNATURE, {"image": (images, tf.uint8),
+                                                        "number": (numbers, tf.int32)})
     if pictures:
-        drawn = drawings(images)
-        records += [_picture_log(model_name, drawn[i:i + 1], numbers[i:i + 1])
-                    for i in range(len(images))]
-        records.append(_picture_log(model_name, drawn, numbers))
+        drawn = np.asarray(drawings(images), object)
+        records += _prediction_logs(model_name, IMAGE_SIGNATURE,
+                                    {"picture": (drawn, tf.string), "number": (numbers, tf.int32)})
     path = saved_model_dir / WARMUP_FILE
     try:
         path.parent.mkdir(exist_ok=True)
