@@ -48,8 +48,17 @@ system-tools:
 test: system-tools $(VENV)/.dev $(VENV)/.export $(VENV)/.demo $(COMPAT_VENV)/.installed  ## run the whole test suite (trains small models on real MNIST)
 	$(PY) -m pytest $(ARGS)
 
-bench: $(VENV)/.export  ## training/recipes/pipeline/serving-by-runtime benchmark, writes bench.json
-	$(PY) -m keras_adder.bench $(ARGS)
+# Handwritten digits that are not MNIST, for serving_image's accuracy in the bench:
+# tests/handwriting.py makes them from the digits that pyclustering and scikit-learn ship
+# (requirements-dev.txt, hence .dev); the bench itself imports neither. Written once, again
+# when the script changes; labels.csv comes last, so a broken build is redone.
+PICTURES := build/handwriting
+$(PICTURES)/labels.csv: tests/handwriting.py $(VENV)/.dev
+	rm -rf $(PICTURES)
+	$(PY) tests/handwriting.py $(PICTURES)
+
+bench: $(VENV)/.export $(PICTURES)/labels.csv  ## training/recipes/pipeline/serving benchmark, writes bench.json
+	$(PY) -m keras_adder.bench --pictures $(PICTURES) $(ARGS)
 
 serving-compat: $(VENV)/.runtime  ## SavedModel vs TensorFlow 2.12-2.21 (TF Serving's loader)
 	$(PY) serving_compat/matrix.py $(ARGS)

@@ -1,9 +1,13 @@
 """One benchmark run: training cost against the machine's matmul peak, time to accuracy
-of the fast and default recipes, input pipeline, serving speed by runtime.
+of the fast and default recipes, input pipeline, serving speed by runtime, and the
+serving_image signature (encoded pictures) against serving_default.
 
     python -m keras_adder.bench            # the full run (45+ min on 2 CPU cores: it
                                            # trains both recipes, 4 + 36 epochs)
     python -m keras_adder.bench --quick    # a smoke test of every part (a few minutes)
+    python -m keras_adder.bench --pictures build/handwriting   # + non-MNIST accuracy
+    python -m keras_adder.bench --image-signature-only saved_models/keras_adder
+                                           # only the serving_image part, on that model
 
 Prints two tables and writes bench.json; docs/performance.md describes the measures.
 """
@@ -46,6 +50,16 @@ def _recipe_rows(name, t, goal):
     ]
 
 
+def _print_image_signature(results):
+    # Deferred: the module imports TensorFlow, which --help never needs.
+    from keras_adder.measurements.image_requests import format_image_table
+
+    print("\nserving_image: encoded pictures (the default recipe's SavedModel, "
+          "tf.saved_model.load; speed: medians of "
+          f"{results['image_signature']['speed']['rounds']} rounds)")
+    print("\n".join(format_image_table(results["image_signature"])))
+
+
 def print_table(results):
     # Deferred: runtimes imports TensorFlow, which --help never needs.
     from keras_adder.measurements.latency import format_speed_table
@@ -71,6 +85,7 @@ def print_table(results):
     print("\nserving by runtime (the default recipe's model; LiteRT and ONNX Runtime on "
           "2 threads)")
     print("\n".join(format_speed_table(results["serving"])))
+    _print_image_signature(results)
 
 
 def main(argv=None):
@@ -79,8 +94,9 @@ def main(argv=None):
         description="Measure training throughput (compact vs reference, in samples/s and "
         "GFLOP/s against the fp32 matmul peak), time to 99.4 %% test accuracy of the fast "
         "recipe and to 99.6 %% of the default, input-pipeline speed, and serving speed "
-        "by runtime (SavedModel, LiteRT, ONNX Runtime; fp32 and int8) in one run; print "
-        "tables and write JSON.",
+        "by runtime (SavedModel, LiteRT, ONNX Runtime; fp32 and int8), and the "
+        "serving_image signature (encoded pictures: speed beside serving_default, answers "
+        "for MNIST PNGs, accuracy on --pictures) in one run; print tables and write JSON.",
     )
     parser.add_argument("--data-dir", help="MNIST folder (default: $KERAS_ADDER_DATA, "
                         "else Keras' download)")
@@ -88,17 +104,36 @@ def main(argv=None):
                         help="tiny version of every part, for CI smoke tests only")
     parser.add_argument("--output", default="bench.json",
                         help="where to write the results (default: bench.json)")
+    parser.add_argument("--pictures", metavar="DIR",
+                        help="handwritten digits that are not MNIST, for serving_image's "
+                        "accuracy: a folder written by `python tests/handwriting.py DIR` "
+                        "(DIR/labels.csv; `make bench` writes build/handwriting)")
+    parser.add_argument("--image-signature-only", metavar="SAVEDMODEL",
+                        help="measure only serving_image beside serving_default, on this "
+                        "SavedModel (a version folder or a base path)")
     args = parser.parse_args(argv)
     # Before any measurement: a full run takes 45 minutes, and its figures would be lost.
     check_output_file(args.output, "--output")
-    require_packages([package for packages in RUNTIME_FORMATS.values() for package in packages],
-                     "bench (it measures LiteRT and ONNX Runtime)")
+    if not args.image_signature_only:
+        require_packages([package for packages in RUNTIME_FORMATS.values()
+                          for package in packages],
+                         "bench (it measures LiteRT and ONNX Runtime)")
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which --help never needs.
-    from keras_adder.measurements.suite import run_benchmark
+    from keras_adder.measurements import suite
+    from keras_adder.measurements.image_requests import read_picture_sets
 
-    results = run_benchmark(args.data_dir, quick=args.quick, output=args.output)
-    print_table(results)
+    if args.pictures:
+        read_picture_sets(args.pictures)  # a wrong folder is refused now, not at the end
+    if args.image_signature_only:
+        results = suite.run_image_signature_benchmark(
+            args.image_signature_only, args.data_dir, quick=args.quick, output=args.output,
+            pictures_dir=args.pictures)
+        _print_image_signature(results)
+    else:
+        results = suite.run_benchmark(args.data_dir, quick=args.quick, output=args.output,
+                                      pictures_dir=args.pictures)
+        print_table(results)
     print(f"\nwritten to {args.output}")
     return results
 

@@ -1,7 +1,8 @@
 """Does this TensorFlow load and serve the exported SavedModel the way TF Serving does?
 
 TF Serving does not use `tf.saved_model.load`: it imports the `serve` MetaGraph into a
-Session and runs the signature by its tensor names. This script does the same under
+Session and runs the signatures by their tensor names. This script does the same
+(serving_compat/session.py), for `serving_default` and `serving_image`, under
 whatever TensorFlow runs it, so that one venv per TensorFlow release stands in for the
 TF Serving release built on it. It imports nothing from keras_adder (the project needs
 a newer TensorFlow than the ones it checks).
@@ -9,9 +10,10 @@ a newer TensorFlow than the ones it checks).
     python serving_compat/check.py saved_models/keras_adder/1 expected.npz
 
 `expected.npz` (written by serving_compat/expect.py with the project's own TensorFlow)
-holds `image`, `number` and the four outputs the signature must give for them. Prints
-one JSON line {"tensorflow", "numpy", "loads", "answers", "refuses", "empty", "errors"}
-and exits 1 if any check failed, 2 if the arguments are unusable.
+holds `image`, `number` and the four outputs `serving_default` must give for them, and
+encoded pictures with the seven outputs `serving_image` must give for them. Prints one
+JSON line {"tensorflow", "numpy", "loads", "answers", "refuses", "empty", "pictures",
+"errors"} and exits 1 if any check failed, 2 if the arguments are unusable.
 """
 
 import json
@@ -24,9 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-# The session loader is deprecated in favour of tf.saved_model.load, but it is the one
-# TF Serving uses: its deprecation warning is noise here.
-tf.get_logger().setLevel("ERROR")
+from session import Served  # noqa: E402  (serving_compat/session.py, beside this script)
 
 SIGNATURE = "serving_default"
 INPUTS = {"image": tf.uint8, "number": tf.int32}
@@ -34,34 +34,23 @@ OUTPUTS = {"digit": tf.int32, "sum": tf.int32,
            "digit_probabilities": tf.float32, "sum_probabilities": tf.float32}
 CLASSES = {"digit_probabilities": 10, "sum_probabilities": 19}
 TOLERANCE = 1e-5
+IMAGE_SIGNATURE = "serving_image"
+IMAGE_INPUTS = {"picture": tf.string, "number": tf.int32}
+IMAGE_OUTPUTS = {**OUTPUTS, "image": tf.uint8, "ink_found": tf.bool, "digits_seen": tf.int32}
+# What expect.py writes for the pictures: their bytes end to end, each one's length, the
+# numbers, and the project's serving_image outputs under "picture_<output>".
+PICTURE_KEYS = ("picture_bytes", "picture_lengths", "picture_number",
+                *(f"picture_{key}" for key in IMAGE_OUTPUTS))
+# The refused request: bytes that are not a picture, and the words its refusal must hold.
+NOT_A_PICTURE = b"1 2 3"
+NOT_A_PICTURE_SAYS = "picture 1 is not a PNG, JPEG, BMP or GIF"
+CHECKS = ("loads", "answers", "refuses", "empty", "pictures")
 
 
-class Served:
-    """The `serving_default` signature of a SavedModel, loaded as TF Serving loads it."""
-
-    def __init__(self, path):
-        self.session = tf.compat.v1.Session(graph=tf.Graph())
-        meta_graph = tf.compat.v1.saved_model.loader.load(self.session, ["serve"], str(path))
-        if SIGNATURE not in meta_graph.signature_def:
-            raise ValueError(f"no {SIGNATURE!r} signature")
-        signature = meta_graph.signature_def[SIGNATURE]
-        self.inputs = _tensor_names(signature.inputs, INPUTS, "input")
-        self.outputs = _tensor_names(signature.outputs, OUTPUTS, "output")
-
-    def __call__(self, image, number):
-        feed = {self.inputs["image"]: image, self.inputs["number"]: number}
-        return self.session.run(self.outputs, feed_dict=feed)
-
-
-def _tensor_names(infos, wanted, kind):
-    """{key: tensor name}, after checking the keys and dtypes against the contract."""
-    if set(infos) != set(wanted):
-        raise ValueError(f"signature {kind}s are {sorted(infos)}, expected {sorted(wanted)}")
-    for key, dtype in wanted.items():
-        if infos[key].dtype != dtype.as_datatype_enum:
-            got = tf.dtypes.as_dtype(infos[key].dtype).name
-            raise ValueError(f"signature {kind} {key} is {got}, expected {dtype.name}")
-    return {key: infos[key].name for key in wanted}
+def serving_default(served):
+    """`serving_default` as a function of (image, number), its contract checked."""
+    call = served.signature(SIGNATURE, INPUTS, OUTPUTS)
+    return lambda image, number: call(image=image, number=number)
 
 
 def check_answers(served, expected):
@@ -102,21 +91,57 @@ def check_empty(served, expected):
             raise AssertionError(f"empty batch: {key} has shape {value.shape}, not {want}")
 
 
+def pictures_of(expected):
+    """The encoded pictures of the expectations, as a numpy object array of bytes."""
+    ends = np.cumsum(expected["picture_lengths"])
+    data = expected["picture_bytes"].tobytes()
+    return np.array([data[end - length:end] for end, length
+                     in zip(ends, expected["picture_lengths"])], object)
+
+
+def check_pictures(served, expected):
+    """`serving_image` answers the encoded pictures (MNIST digits drawn 4x larger as PNG
+    and JPEG, a blank sheet) as the project's TensorFlow does, and refuses bytes that are
+    not a picture with InvalidArgument and a message that says so."""
+    call = served.signature(IMAGE_SIGNATURE, IMAGE_INPUTS, IMAGE_OUTPUTS)
+    pictures = pictures_of(expected)
+    got = call(picture=pictures, number=expected["picture_number"])
+    for key in ("digit", "sum", "ink_found", "digits_seen", "image"):
+        if not np.array_equal(got[key], expected[f"picture_{key}"]):
+            raise AssertionError(f"{key} differs from the expected answers")
+    for key in CLASSES:
+        if not np.allclose(got[key], expected[f"picture_{key}"], rtol=0, atol=TOLERANCE):
+            raise AssertionError(f"{key} differ from the expected ones by more than "
+                                 f"{TOLERANCE}")
+    try:
+        call(picture=np.array([pictures[0], NOT_A_PICTURE], object),
+             number=np.array([1, 2], np.int32))
+    except tf.errors.InvalidArgumentError as error:
+        if NOT_A_PICTURE_SAYS not in error.message:
+            raise AssertionError(f"bytes that are not a picture: refused with "
+                                 f"{error.message[:200]!r}") from None
+        return
+    raise AssertionError("bytes that are not a picture: answered instead of refused")
+
+
 def run_checks(model_path, expected):
-    """{"loads", "answers", "refuses", "empty": bool, "errors": [str]}; a check that
-    cannot run because the model did not load counts as failed."""
-    report = {"tensorflow": tf.__version__, "numpy": np.__version__, "loads": False,
-              "answers": False, "refuses": False, "empty": False, "errors": []}
+    """{"loads", "answers", "refuses", "empty", "pictures": bool, "errors": [str]}; a
+    check that cannot run because the model did not load counts as failed."""
+    report = {"tensorflow": tf.__version__, "numpy": np.__version__,
+              **dict.fromkeys(CHECKS, False), "errors": []}
     try:
         served = Served(model_path)
+        default = serving_default(served)
         report["loads"] = True
     except Exception as error:  # e.g. "Op type not registered": the point of the check
         report["errors"].append(f"loads: {_one_line(error)}")
         return report
-    for name, check in (("answers", check_answers), ("refuses", check_refuses),
-                        ("empty", check_empty)):
+    for name, check, signature in (("answers", check_answers, default),
+                                   ("refuses", check_refuses, default),
+                                   ("empty", check_empty, default),
+                                   ("pictures", check_pictures, served)):
         try:
-            check(served, expected)
+            check(signature, expected)
             report[name] = True
         except Exception as error:
             report["errors"].append(f"{name}: {_one_line(error)}")
@@ -136,12 +161,12 @@ def main(argv):
         return _refuse(f"check.py: {model_path} holds no saved_model.pb")
     try:
         with np.load(expected_path) as npz:
-            expected = {key: npz[key] for key in ("image", "number", *OUTPUTS)}
+            expected = {key: npz[key] for key in ("image", "number", *OUTPUTS, *PICTURE_KEYS)}
     except (OSError, ValueError, KeyError) as error:
         return _refuse(f"check.py: {expected_path}: not a usable expectations file ({error})")
     report = run_checks(model_path, expected)
     print(json.dumps(report))
-    return 0 if all(report[key] for key in ("loads", "answers", "refuses", "empty")) else 1
+    return 0 if all(report[key] for key in CHECKS) else 1
 
 
 def _refuse(message):

@@ -1,6 +1,6 @@
 """The `serving_image` signature run as TF Serving runs it, under whatever TensorFlow runs
 this script: the `serve` MetaGraph imported into a Session, the signature fed by tensor
-names. It imports nothing from keras_adder, so the TF 2.12 venv runs it too.
+names (serving_compat/session.py, which check.py uses too). It imports nothing from keras_adder, so the TF 2.12 venv runs it too.
 
     python serving_compat/image_check.py saved_models/keras_adder/1 cases.json
 
@@ -19,25 +19,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
-
-tf.get_logger().setLevel("ERROR")  # the session loader's deprecation warning
+from session import Served  # noqa: E402  (serving_compat/session.py, beside this script)
 
 SIGNATURE = "serving_image"
 
 
 def run_cases(path, cases):
-    session = tf.compat.v1.Session(graph=tf.Graph())
-    meta_graph = tf.compat.v1.saved_model.loader.load(session, ["serve"], str(path))
-    report = {"tensorflow": tf.__version__, "signatures": sorted(meta_graph.signature_def),
-              "cases": {}}
-    signature = meta_graph.signature_def[SIGNATURE]
-    outputs = {key: info.name for key, info in signature.outputs.items()}
+    served = Served(path)
+    report = {"tensorflow": tf.__version__, "signatures": served.signatures, "cases": {}}
+    call = served.signature(SIGNATURE)
     for name, case in cases.items():
-        feed = {signature.inputs["picture"].name:
-                np.array([base64.b64decode(text) for text in case["picture"]], object),
-                signature.inputs["number"].name: np.array(case["number"], np.int32)}
+        pictures = [base64.b64decode(text) for text in case["picture"]]
         try:
-            got = session.run(outputs, feed_dict=feed)
+            got = call(picture=np.array(pictures, object),
+                       number=np.array(case["number"], np.int32))
             report["cases"][name] = {"outputs": {key: value.tolist()
                                                  for key, value in got.items()}}
         except tf.errors.OpError as error:

@@ -1,10 +1,14 @@
 """Which TensorFlow (and so TF Serving) releases load and serve the exported SavedModel?
 
-Writes the project's own answers for a batch of MNIST test images (serving_compat/expect.py,
-under this Python, which must be the project's venv), then runs serving_compat/check.py
+Writes the project's own answers for a batch of MNIST test images and for pictures drawn
+from them (serving_compat/expect.py, under this Python, which must be the project's venv), then runs serving_compat/check.py
 under each TensorFlow release in its own venv, and prints a table
 
-    TensorFlow | numpy | loads | answers | refuses | empty | attributes it ignores | first error
+    TensorFlow | numpy | loads | answers | refuses | empty | pictures | attributes it ignores
+    | first error
+
+("pictures": `serving_image` answers encoded PNG and JPEG pictures and a blank sheet as
+the project's TensorFlow does, and refuses bytes that are not a picture; see check.py.)
 
 ("attributes it ignores": attributes of the exported graph that this TensorFlow does not
 know, logged by it as "NodeDef mentions attribute ... which is not in the op definition".)
@@ -37,7 +41,7 @@ CHECK = REPO / "serving_compat" / "check.py"
 # one the TF Serving release of that number is built on (TF Serving 2.16 stopped at 2.16.1).
 VERSIONS = ("2.12.1", "2.13.1", "2.14.1", "2.15.1", "2.16.1",
             "2.17.1", "2.18.1", "2.19.1", "2.20.0", "2.21.0")
-CHECKS = ("loads", "answers", "refuses", "empty")
+CHECKS = ("loads", "answers", "refuses", "empty", "pictures")
 CHECK_TIMEOUT_S = 1800  # a hang guard only: a busy 2-core machine is slow
 # What an older TensorFlow logs, and ignores, for an attribute newer than it knows.
 UNKNOWN_ATTRIBUTE = re.compile(r"NodeDef mentions attribute (\w+) which is not in the op")

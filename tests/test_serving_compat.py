@@ -38,17 +38,19 @@ def expected(trained_run, mnist, tmp_path_factory):
     return path
 
 
-def run_check(python, model, expected):
-    result = subprocess.run([str(python), str(CHECK), str(model), str(expected)],
+def run_check(python, model, expected, check=CHECK):
+    result = subprocess.run([str(python), str(check), str(model), str(expected)],
                             capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode in (0, 1), result.stderr[-2000:]
     return result.returncode, json.loads(result.stdout.strip().splitlines()[-1])
 
 
+CHECKS = ("loads", "answers", "refuses", "empty", "pictures")
+
+
 def assert_served(returncode, report):
     assert report["errors"] == []
-    assert (report["loads"], report["answers"], report["refuses"], report["empty"]) == (
-        True, True, True, True)
+    assert [report[check] for check in CHECKS] == [True] * len(CHECKS)
     assert returncode == 0
 
 
@@ -80,9 +82,51 @@ def test_check_fails_on_answers_that_differ(trained_run, expected, tmp_path):
     tampered = tmp_path / "tampered.npz"
     np.savez(tampered, **arrays)
     returncode, report = run_check(sys.executable, trained_run["export_path"], tampered)
-    assert (report["loads"], report["answers"], report["refuses"], report["empty"]) == (
-        True, False, True, True)
+    assert [report[check] for check in CHECKS] == [True, False, True, True, True]
     assert report["errors"][0].startswith("answers: ")
+    assert returncode == 1
+
+
+@pytest.mark.slow
+def test_pictures_are_sent_through_serving_image(expected):
+    """What the pictures check sends: 4x-enlarged MNIST digits as PNG and JPEG files and
+    a blank sheet, answered by the project's TensorFlow (the blank one with no ink)."""
+    with np.load(expected) as npz:
+        arrays = dict(npz)
+    starts = np.cumsum([0, *arrays["picture_lengths"][:-1]])
+    kinds = [arrays["picture_bytes"][start:start + 4].tobytes() for start in starts]
+    assert kinds == [b"\x89PNG"] * 6 + [b"\xff\xd8\xff\xe0"] * 2 + [b"\x89PNG"]
+    assert arrays["picture_ink_found"].tolist() == [True] * 8 + [False]
+    assert arrays["picture_digit"][-1] == arrays["picture_sum"][-1] == -1
+    # The briefly trained model answers most enlarged digits as serving_default answers
+    # their raw pixels.
+    assert np.mean(arrays["picture_digit"][:8] == arrays["digit"][:8]) >= 0.75
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tamper", ["digit", "image", "refusal"])
+def test_check_fails_on_pictures_that_differ(trained_run, expected, tmp_path, tamper):
+    """The pictures check can fail: a changed answer or what the model saw, or a request
+    that is no longer refused (a valid picture in place of the bytes that are not one)."""
+    with np.load(expected) as npz:
+        arrays = dict(npz)
+    if tamper == "refusal":
+        script = tmp_path / "check.py"
+        source = CHECK.read_text()
+        assert source.count("[pictures[0], NOT_A_PICTURE]") == 1
+        script.write_text(source.replace("[pictures[0], NOT_A_PICTURE]",
+                                         "[pictures[0], pictures[1]]"))
+        (tmp_path / "session.py").write_text((CHECK.parent / "session.py").read_text())
+    else:
+        script = CHECK
+        key = f"picture_{tamper}"
+        arrays[key] = arrays[key].copy()
+        arrays[key][0] += 1
+    np.savez(tmp_path / "tampered.npz", **arrays)
+    returncode, report = run_check(sys.executable, trained_run["export_path"],
+                                   tmp_path / "tampered.npz", script)
+    assert [report[check] for check in CHECKS] == [True, True, True, True, False]
+    assert report["errors"][0].startswith("pictures: ")
     assert returncode == 1
 
 

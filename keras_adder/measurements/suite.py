@@ -1,6 +1,6 @@
 """The benchmark's measurements: training cost against the machine's matmul peak, time
-to accuracy of the fast and default recipes, input pipeline and serving speed by runtime,
-all in one process so that their ratios are fair on a noisy machine.
+to accuracy of the fast and default recipes, input pipeline, serving speed by runtime and
+the serving_image signature (image_requests), all in one process so that their ratios are fair on a noisy machine.
 Timed parts run after a warm-up and report the median of several windows.
 """
 
@@ -23,6 +23,7 @@ from keras_adder.data.pipeline import (
     steps_per_epoch,
     train_dataset,
 )
+from keras_adder.measurements.image_requests import measure_image_signature
 from keras_adder.measurements.latency import export_runtime_files, serving_speed_table
 from keras_adder.measurements.peak import (
     durations,
@@ -194,7 +195,8 @@ def serving_by_runtime(model, directory, *, check_images, calibration_images, im
                        **timing):
     """Export `model` as a SavedModel (served with BatchNorm folded, as every export) and as
     LiteRT and ONNX files (fp32 and int8, calibrated on `calibration_images`, which must
-    be training images), then time them all in the same rounds (serving_speed_table)."""
+    be training images), then time them all in the same rounds (serving_speed_table).
+    Returns that table and the SavedModel's version folder."""
     directory = Path(directory)
     paths = {
         "SavedModel fp32": export_saved_model(model, directory / "saved_model",
@@ -202,7 +204,7 @@ def serving_by_runtime(model, directory, *, check_images, calibration_images, im
         **export_runtime_files(model, directory / "files", check_images=check_images,
                                calibration_images=calibration_images),
     }
-    return serving_speed_table(model, paths, images, **timing)
+    return serving_speed_table(model, paths, images, **timing), paths["SavedModel fp32"]
 
 
 def _machine():
@@ -234,8 +236,9 @@ def _settings(quick):
                 epochs=None, serving=dict(rounds=9))
 
 
-def run_benchmark(data_dir=None, quick=False, output="bench.json"):
-    """Run every part, write `output`; return the results dict."""
+def run_benchmark(data_dir=None, quick=False, output="bench.json", pictures_dir=None):
+    """Run every part, write `output`; return the results dict. `pictures_dir`: the
+    non-MNIST pictures for serving_image (image_requests.read_picture_sets)."""
     (train_images, train_labels), (test_images, test_labels) = load_mnist(data_dir)
     (all_images, all_labels), _ = split_validation(train_images, train_labels)
     settings = _settings(quick)
@@ -268,9 +271,24 @@ def run_benchmark(data_dir=None, quick=False, output="bench.json"):
 
     print("5. serving by runtime (the default recipe's model)", flush=True)
     with tempfile.TemporaryDirectory() as export_dir:
-        results["serving"] = serving_by_runtime(
+        results["serving"], saved_model = serving_by_runtime(
             models["default"], export_dir, check_images=test_images[:64],
             calibration_images=fit_images, images=test_images, **settings["serving"])
+        print("6. serving_image: encoded pictures (the same SavedModel)", flush=True)
+        results["image_signature"] = measure_image_signature(
+            saved_model, test_images, test_labels, pictures_dir=pictures_dir, quick=quick)
 
+    write_json(output, results)
+    return results
+
+
+def run_image_signature_benchmark(saved_model, data_dir=None, quick=False, output="bench.json",
+                                  pictures_dir=None):
+    """Only the serving_image part of run_benchmark, on an existing SavedModel (a version
+    folder or a base path); write `output`; return the results dict."""
+    _, (test_images, test_labels) = load_mnist(data_dir)
+    results = {**_machine(), "quick": quick}
+    results["image_signature"] = measure_image_signature(
+        saved_model, test_images, test_labels, pictures_dir=pictures_dir, quick=quick)
     write_json(output, results)
     return results
