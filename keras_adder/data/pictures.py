@@ -134,13 +134,14 @@ def _tensorflow_reads_alike(image):
     """Whether TensorFlow's decoders (tf.io.decode_png/jpeg/bmp/gif, as the serving_image
     signature runs them) read this opened file as load_image does: a format and Pillow
     mode of TENSORFLOW_READS, no EXIF rotation (TensorFlow ignores it), no transparent
-    colour outside a palette (TensorFlow ignores a grey or RGB PNG's), and a BMP of 24
+    colour but in a PNG's palette (TensorFlow ignores a GIF's and a grey or RGB PNG's,
+    which load_image reads as white paper), and a BMP of 24
     bits or a grey palette (TensorFlow reads 32-bit BMPs' fourth byte as alpha, which
     Pillow ignores, and a colour palette's indices as grey levels)."""
     modes = TENSORFLOW_READS.get(image.format, ())
     if image.mode not in modes or _orientation(image) in _UPRIGHT:
         return False
-    if "transparency" in image.info and image.mode != "P":
+    if "transparency" in image.info and (image.format, image.mode) != ("PNG", "P"):
         return False
     # A BMP's tile says how its rows are stored: 8-bit grey ("L") or 24-bit ("BGR").
     return image.format != "BMP" or bool(image.tile) and image.tile[0][3][0] in ("L", "BGR")
