@@ -141,10 +141,12 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_adder.predict",
         description="Predict the digit in each image and its sum with a number, using an "
-        "exported SavedModel's serving signature. Image files of any size and either "
-        "polarity are prepared as MNIST was: the ink found against the paper, cropped, "
-        f"fitted into 20x20 and centred in 28x28. Answers below p={UNSURE_BELOW} are "
-        "marked unsure.",
+        "exported SavedModel's serving signatures as TF Serving serves them: image files "
+        "go to serving_image as the file's bytes (a PNG of the upright picture for "
+        "EXIF-rotated photos, TIFF, WebP, ...), which prepares them as MNIST was (the ink "
+        "found against the paper, cropped, fitted into 20x20 and centred in 28x28); .npy "
+        "arrays, MNIST images, --prepare/--no-prepare and LiteRT/ONNX models go to "
+        f"serving_default as raw pixels. Answers below p={UNSURE_BELOW} are marked unsure.",
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE",
                         help="PNG/JPEG/... image files, or .npy arrays [28,28] or [N,28,28]")
@@ -162,8 +164,10 @@ def build_parser():
                         help="MNIST's preparation of image files (crop to the ink, fit "
                         "20x20, centre of mass at the centre): --prepare always, "
                         "--no-prepare never (28x28 MNIST-style files only); default: "
-                        "unless the file already looks like an MNIST image. .npy arrays "
-                        "are used as they are")
+                        "unless the file already looks like an MNIST image, decided in "
+                        "the graph of a SavedModel with serving_image (either flag "
+                        "prepares here and sends raw pixels). .npy arrays are used as "
+                        "they are")
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PICTURE",
