@@ -7,7 +7,9 @@ decoding (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM through Pillow), picture modes (1
 transparency) and bounded .npy reading, with numpy and Pillow only, so a bad file is
 refused in milliseconds, before TensorFlow is imported. The MNIST-style preparation
 itself (ink found against the paper, crop, 20x20 box, centre of mass at the centre) is
-TensorFlow ops in `keras_adder.data.preparation`, which `prepare_digit` runs eagerly.
+TensorFlow ops in `keras_adder.data.preparation`, which `prepare_digit` runs eagerly, and
+which a SavedModel's `serving_image` signature carries: `read_picture` says which bytes
+a client sends it (the file's own, or a PNG of what this module read).
 
 Images already in MNIST's convention (28x28, light digit on black, centred, 20 pixels
 tall or wide) are left as they are unless preparation is asked for: see `prepare_digit`.
