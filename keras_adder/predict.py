@@ -25,12 +25,7 @@ import numpy as np
 
 from keras_adder.cli import parse_integers, run
 from keras_adder.core import startup
-from keras_adder.core.constants import (
-    DEFAULT_EXPORT_DIR,
-    IMAGE_SIZE,
-    NUM_DIGITS,
-    TEST_SIZE,
-)
+from keras_adder.core.constants import DEFAULT_EXPORT_DIR, NUM_DIGITS, TEST_SIZE
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import check_output_file
 from keras_adder.data.pictures import UNSURE_BELOW, is_unsure, load_npy, read_picture
@@ -224,6 +219,7 @@ def main(argv=None):
         print(f"model: {model.path}")
         print(format_table(rows))
     return rows
+
 
 if __name__ == "__main__":
     run(main)
