@@ -55,25 +55,44 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def recorded(calls, signature, call):
+    """`call`, appending (signature, its first argument) to `calls` each time."""
+    def recording(inputs, numbers):
+        calls.append((signature, inputs))
+        return call(inputs, numbers)
+
+    return recording
+
+
 @pytest.fixture(scope="module")
 def demo(trained_run):
-    """(url, paths): the served app, and every picture path it loaded, in order."""
+    """(url, paths, calls): the served app, every picture path it loaded, and every call
+    of the model ("serving_image" with the bytes sent, or "serving_default" with the
+    images), in order."""
     from keras_adder.data import pictures as images
+    from keras_adder.serving import formats
     from keras_adder.serving import gradio_app as demo_app
 
-    loaded = []
-    read_picture = images.read_picture
+    loaded, calls = [], []
+    read_picture, load_model = images.read_picture, formats.load_model
 
     def recording_read_picture(path, *args, **kwargs):
         loaded.append(path)
         return read_picture(path, *args, **kwargs)
 
+    def recording_load_model(path):
+        model = load_model(path)
+        return model._replace(
+            call=recorded(calls, "serving_default", model.call),
+            call_pictures=recorded(calls, "serving_image", model.call_pictures))
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(images, "read_picture", recording_read_picture)
+        patch.setattr(formats, "load_model", recording_load_model)
         app = demo_app.build_app(trained_run["export_path"])
         url = demo_app.launch(app, port=free_port(), block=False)
         try:
-            yield url, loaded
+            yield url, loaded, calls
         finally:
             app.close()
 
@@ -183,7 +202,7 @@ def served_image(export_path, path, number):
 def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path, trained_run):
     from keras_adder.serving import gradio_app as demo_app
 
-    _, loaded = demo
+    _, loaded, calls = demo
     assert "pictures go through its serving_image signature" in page.locator(
         "#model-note").inner_text()
     draw(page, STROKES[digit])
@@ -197,6 +216,7 @@ def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path, trained_ru
     drawing = shutil.copy(loaded[-1], tmp_path / "drawing.png")
     with Image.open(drawing) as picture:
         assert picture.format == "PNG"
+    assert calls[-1] == ("serving_image", [drawing.read_bytes()])
     expected = served_image(trained_run["export_path"], drawing, NUMBERS[digit])
     scale = demo_app.SHOWN_SCALE
     assert np.array_equal(shown_image(page), np.kron(expected, np.ones((scale, scale))))
@@ -212,9 +232,11 @@ def test_an_empty_canvas_gets_a_message(page):
     assert not ANSWER.match(text)
 
 
-def test_an_uploaded_photo_goes_through_the_same_loader(page, mnist, tmp_path, trained_run):
+def test_an_uploaded_photo_goes_through_the_same_loader(page, demo, mnist, tmp_path,
+                                                        trained_run):
     from keras_adder.serving import gradio_app as demo_app
 
+    _, _, calls = demo
     (_, _), (test_images, test_labels) = mnist
     photo = tmp_path / "photo.jpg"
     Image.fromarray(255 - test_images[0]).resize((140, 140)).save(photo)  # dark on light
@@ -223,6 +245,7 @@ def test_an_uploaded_photo_goes_through_the_same_loader(page, mnist, tmp_path, t
     assert ANSWER.match(text), text
     assert int(ANSWER.match(text)[1]) == test_labels[0]
     # The uploaded file's own bytes, through the SavedModel's serving_image.
+    assert calls[-1] == ("serving_image", [photo.read_bytes()])
     expected = served_image(trained_run["export_path"], photo, 2)
     scale = demo_app.SHOWN_SCALE
     page.wait_for_selector("#model-input img")

@@ -23,6 +23,7 @@ and the default theme's fonts are served by the app itself. Gradio is imported h
 only `python -m keras_adder.demo` and the tests import this module.
 """
 
+import io
 import os
 
 # Read by Gradio when it is imported (its version check and telemetry calls).
@@ -30,9 +31,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from keras_adder.core import startup  # noqa: E402
-from keras_adder.core.constants import NUM_DIGITS  # noqa: E402
+from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS  # noqa: E402
 from keras_adder.core.errors import KerasAdderError  # noqa: E402
 from keras_adder.data import pictures  # noqa: E402
 
@@ -49,6 +51,12 @@ CSS = "#sketchpad button[aria-label='Clear canvas'] { display: none; }"
 def _black_canvas():
     black = np.zeros((CANVAS_SIDE, CANVAS_SIDE, 3), np.uint8)
     return {"background": black, "layers": [], "composite": black}
+
+
+def _blank_png():
+    encoded = io.BytesIO()
+    Image.new("L", (IMAGE_SIZE, IMAGE_SIZE)).save(encoded, "PNG")
+    return encoded.getvalue()
 
 
 def _picture_path(drawing, upload):
@@ -117,6 +125,10 @@ def build_app(model_path):
     from keras_adder.serving.formats import load_model
 
     model = load_model(model_path)  # checks the model's interface, as every command does
+    if model.call_pictures is not None:
+        # The first call of a loaded signature optimises its graph (seconds on a busy
+        # CPU): paid here, at start-up, rather than by the first visitor.
+        model.call_pictures([_blank_png()], np.zeros([1], np.int32))
 
     with gr.Blocks(title="keras-adder", analytics_enabled=False) as app:
         gr.Markdown(f"## Draw a digit, pick a number, see the sum\nModel: `{model.path}`; "
