@@ -4,11 +4,15 @@
     python -m keras_adder.predict digits.npy --number 1 2 3 --json
     python -m keras_adder.predict --mnist-test-index 0 1 2 --number 5 --show out.png
 
-The model is called through its `serving_default` signature, exactly as TensorFlow
-Serving calls it, so this checks the exported artifact rather than the training code.
-Image files are prepared as MNIST was (crop to the ink, fit a 20x20 box, centre of mass
-at the centre: TensorFlow ops in `keras_adder.data.preparation`, run eagerly by
-`keras_adder.data.pictures.load_digit`); answers below UNSURE_BELOW are flagged.
+The model is called exactly as TensorFlow Serving calls it, so this checks the exported
+artifact rather than the training code. A SavedModel with the `serving_image` signature
+gets each image file's bytes, the file's own when TensorFlow's decoders read it as the
+file means, else a PNG of the upright grey picture that `keras_adder.data.pictures`
+read (EXIF-rotated photos, TIFF, WebP, ...: `pictures.read_picture`), and prepares them
+in its graph; .npy arrays, --mnist-test-index, an explicit --prepare/--no-prepare, and
+LiteRT/ONNX models go through `serving_default` with raw pixels, image files prepared
+here as MNIST was (`keras_adder.data.preparation`, run eagerly by
+`keras_adder.data.pictures.prepare_digit`). Answers below UNSURE_BELOW are flagged.
 `--write-examples DIR` writes TF Serving REST request bodies for the chosen inputs
 instead of predicting (see docs/serving.md).
 """
@@ -21,33 +25,29 @@ import numpy as np
 
 from keras_adder.cli import parse_integers, run
 from keras_adder.core import startup
-from keras_adder.core.constants import (
-    DEFAULT_EXPORT_DIR,
-    IMAGE_SIZE,
-    NUM_DIGITS,
-    TEST_SIZE,
-)
+from keras_adder.core.constants import DEFAULT_EXPORT_DIR, NUM_DIGITS, TEST_SIZE
 from keras_adder.core.errors import KerasAdderError
 from keras_adder.core.files import check_output_file
-from keras_adder.data.pictures import UNSURE_BELOW, is_unsure, load_digit, load_npy
+from keras_adder.data.pictures import UNSURE_BELOW, is_unsure, load_npy, read_picture
 from keras_adder.reports import plots
 from keras_adder.serving.rest import write_request_examples
 
 MAX_SHOWN = 100  # the --show picture stays readable
 
 
-def load_files(files, prepare=None):
-    """Images from image files and .npy arrays: (sources, uint8 [N, 28, 28])."""
-    sources, batches = [], [np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8)]
+def read_files(files):
+    """Image files and .npy arrays, checked and read: (sources, items), an item being a
+    uint8 [28, 28] image (a .npy array's) or a pictures.Picture (an image file's)."""
+    sources, items = [], []
     for name in files:
         if Path(name).suffix.lower() == ".npy":
             array = load_npy(name)
             sources += [name] if len(array) == 1 else [f"{name}[{i}]" for i in range(len(array))]
+            items += list(array)
         else:
-            array = load_digit(name, prepare).image[np.newaxis]
             sources.append(name)
-        batches.append(array)
-    return sources, np.concatenate(batches)
+            items.append(read_picture(name))
+    return sources, items
 
 
 def pair_numbers(numbers, count):
@@ -136,10 +136,12 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="python -m keras_adder.predict",
         description="Predict the digit in each image and its sum with a number, using an "
-        "exported SavedModel's serving signature. Image files of any size and either "
-        "polarity are prepared as MNIST was: the ink found against the paper, cropped, "
-        f"fitted into 20x20 and centred in 28x28. Answers below p={UNSURE_BELOW} are "
-        "marked unsure.",
+        "exported SavedModel's serving signatures as TF Serving serves them: image files "
+        "go to serving_image as the file's bytes (a PNG of the upright picture for "
+        "EXIF-rotated photos, TIFF, WebP, ...), which prepares them as MNIST was (the ink "
+        "found against the paper, cropped, fitted into 20x20 and centred in 28x28); .npy "
+        "arrays, MNIST images, --prepare/--no-prepare and LiteRT/ONNX models go to "
+        f"serving_default as raw pixels. Answers below p={UNSURE_BELOW} are marked unsure.",
     )
     parser.add_argument("images", nargs="*", metavar="IMAGE",
                         help="PNG/JPEG/... image files, or .npy arrays [28,28] or [N,28,28]")
@@ -157,8 +159,10 @@ def build_parser():
                         help="MNIST's preparation of image files (crop to the ink, fit "
                         "20x20, centre of mass at the centre): --prepare always, "
                         "--no-prepare never (28x28 MNIST-style files only); default: "
-                        "unless the file already looks like an MNIST image. .npy arrays "
-                        "are used as they are")
+                        "unless the file already looks like an MNIST image, decided in "
+                        "the graph of a SavedModel with serving_image (either flag "
+                        "prepares here and sends raw pixels). .npy arrays are used as "
+                        "they are")
     parser.add_argument("--json", action="store_true",
                         help="print JSON instead of a table")
     parser.add_argument("--show", metavar="PICTURE",
@@ -182,32 +186,37 @@ def main(argv=None):
         check_output_file(Path(args.write_examples) / name, "--write-examples")
     if args.show:
         _check_picture_path(args.show)
-    sources, images = load_files(args.images, args.prepare)
-    numbers = pair_numbers(numbers, len(images) + len(indices))
-    labels = [None] * len(images)
+    sources, items = read_files(args.images)
+    numbers = pair_numbers(numbers, len(items) + len(indices))
+    labels = [None] * len(items)
     startup.import_tensorflow()
     # Deferred: the library imports TensorFlow, which a bad input never needs.
     from keras_adder.data import pipeline
+    from keras_adder.serving.clients import answer_items, prepared_here
     from keras_adder.serving.formats import load_model
 
     if indices:
         _, (test_images, test_labels) = pipeline.load_mnist(args.data_dir)
         sources += [f"mnist-test[{i}]" for i in indices]
-        images = np.concatenate([images, test_images[indices]])
+        items += list(test_images[indices])
         labels += [int(test_labels[i]) for i in indices]
     if args.write_examples:
+        images = np.array([prepared_here(source, item, args.prepare)
+                           for source, item in zip(sources, items)], np.uint8)
         for path in write_request_examples(args.write_examples, images, numbers):
             print(f"wrote {path}")
         return None
     model = load_model(args.model)
-    model_path, answer = model.path, model.call
-    rows = prediction_rows(sources, numbers, labels, answer(images, numbers))
+    images, outputs, signatures = answer_items(model, sources, items, numbers, args.prepare)
+    rows = prediction_rows(sources, numbers, labels, outputs)
+    for row, signature in zip(rows, signatures):
+        row["signature"] = signature
     if args.show:
         save_picture(args.show, images, rows)
     if args.json:
-        print(json.dumps({"model": str(model_path), "predictions": rows}, indent=2))
+        print(json.dumps({"model": str(model.path), "predictions": rows}, indent=2))
     else:
-        print(f"model: {model_path}")
+        print(f"model: {model.path}")
         print(format_table(rows))
     return rows
 

@@ -55,25 +55,44 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def recorded(calls, signature, call):
+    """`call`, appending (signature, its first argument) to `calls` each time."""
+    def recording(inputs, numbers):
+        calls.append((signature, inputs))
+        return call(inputs, numbers)
+
+    return recording
+
+
 @pytest.fixture(scope="module")
 def demo(trained_run):
-    """(url, paths): the served app, and every picture path it loaded, in order."""
+    """(url, paths, calls): the served app, every picture path it loaded, and every call
+    of the model ("serving_image" with the bytes sent, or "serving_default" with the
+    images), in order."""
     from keras_adder.data import pictures as images
+    from keras_adder.serving import formats
     from keras_adder.serving import gradio_app as demo_app
 
-    loaded = []
-    load_digit = images.load_digit
+    loaded, calls = [], []
+    read_picture, load_model = images.read_picture, formats.load_model
 
-    def recording_load_digit(path, *args, **kwargs):
+    def recording_read_picture(path, *args, **kwargs):
         loaded.append(path)
-        return load_digit(path, *args, **kwargs)
+        return read_picture(path, *args, **kwargs)
+
+    def recording_load_model(path):
+        model = load_model(path)
+        return model._replace(
+            call=recorded(calls, "serving_default", model.call),
+            call_pictures=recorded(calls, "serving_image", model.call_pictures))
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(images, "load_digit", recording_load_digit)
+        patch.setattr(images, "read_picture", recording_read_picture)
+        patch.setattr(formats, "load_model", recording_load_model)
         app = demo_app.build_app(trained_run["export_path"])
         url = demo_app.launch(app, port=free_port(), block=False)
         try:
-            yield url, loaded
+            yield url, loaded, calls
         finally:
             app.close()
 
@@ -169,12 +188,23 @@ def shown_image(page):
     return np.asarray(Image.open(io.BytesIO(body)).convert("L"))
 
 
+def served_image(export_path, path, number):
+    """The 28x28 image that the SavedModel's serving_image signature (TensorFlow's own
+    loader) sees for the file's bytes, as a TF Serving client sends them."""
+    import tensorflow as tf
+
+    serve_image = tf.saved_model.load(str(export_path)).signatures["serving_image"]
+    return serve_image(picture=tf.constant([Path(path).read_bytes()]),
+                       number=tf.constant([number]))["image"].numpy()[0]
+
+
 @pytest.mark.parametrize("digit", sorted(STROKES))
-def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path):
-    from keras_adder.predict import load_files
+def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path, trained_run):
     from keras_adder.serving import gradio_app as demo_app
 
-    _, loaded = demo
+    _, loaded, calls = demo
+    assert "pictures go through its serving_image signature" in page.locator(
+        "#model-note").inner_text()
     draw(page, STROKES[digit])
     text = submit(page, NUMBERS[digit])
     match = ANSWER.match(text)
@@ -182,11 +212,14 @@ def test_drawn_digits_are_read_and_added(page, demo, digit, tmp_path):
     assert (int(match[1]), int(match[2]), int(match[3])) == (
         digit, NUMBERS[digit], digit + NUMBERS[digit])
     page.wait_for_selector("#digit-probabilities, #sum-probabilities")
-    # The drawing the app received, saved as a PNG, and prepared by predict's loader.
+    # The canvas' PNG the app received, as TF Serving's serving_image sees its bytes.
     drawing = shutil.copy(loaded[-1], tmp_path / "drawing.png")
-    _, prepared = load_files([str(drawing)])
+    with Image.open(drawing) as picture:
+        assert picture.format == "PNG"
+    assert calls[-1] == ("serving_image", [drawing.read_bytes()])
+    expected = served_image(trained_run["export_path"], drawing, NUMBERS[digit])
     scale = demo_app.SHOWN_SCALE
-    assert np.array_equal(shown_image(page), np.kron(prepared[0], np.ones((scale, scale))))
+    assert np.array_equal(shown_image(page), np.kron(expected, np.ones((scale, scale))))
     screenshot = os.environ.get(SCREENSHOT_VARIABLE)
     if digit == 7:
         page.screenshot(path=screenshot or tmp_path / "demo.png", full_page=True)
@@ -199,25 +232,71 @@ def test_an_empty_canvas_gets_a_message(page):
     assert not ANSWER.match(text)
 
 
-def test_an_uploaded_photo_goes_through_the_same_loader(page, mnist, tmp_path):
+def test_an_uploaded_photo_goes_through_the_same_loader(page, demo, mnist, tmp_path,
+                                                        trained_run):
+    from keras_adder.serving import gradio_app as demo_app
+
+    _, _, calls = demo
     (_, _), (test_images, test_labels) = mnist
-    photo = tmp_path / "photo.png"
+    photo = tmp_path / "photo.jpg"
     Image.fromarray(255 - test_images[0]).resize((140, 140)).save(photo)  # dark on light
     upload(page, photo)
     text = submit(page, 2)
     assert ANSWER.match(text), text
     assert int(ANSWER.match(text)[1]) == test_labels[0]
+    # The uploaded file's own bytes, through the SavedModel's serving_image.
+    assert calls[-1] == ("serving_image", [photo.read_bytes()])
+    expected = served_image(trained_run["export_path"], photo, 2)
+    scale = demo_app.SHOWN_SCALE
+    page.wait_for_selector("#model-input img")
+    assert np.array_equal(shown_image(page), np.kron(expected, np.ones((scale, scale))))
 
 
 class FakeModel:
-    """Stands in for the signature in the widget-input checks below."""
+    """Stands in for a model without the picture signature in the checks below."""
 
-    def __call__(self, image, number):
-        assert image.shape == (28, 28) and image.dtype == np.uint8
+    call_pictures = None
+
+    def call(self, images, numbers):
+        assert images.shape == (1, 28, 28) and images.dtype == np.uint8
+        number = int(numbers[0])
         digit = np.eye(10, dtype=np.float32)[[3]]
         total = np.eye(19, dtype=np.float32)[[3 + number]]
         return {"digit": np.array([3]), "sum": np.array([3 + number]),
                 "digit_probabilities": digit, "sum_probabilities": total}
+
+
+class FakePictureModel(FakeModel):
+    """Stands in for a SavedModel with serving_image: it answers the bytes it is sent
+    (blank when they are `blank`), showing a striped image as what it saw."""
+
+    def __init__(self, blank=b""):
+        self.sent, self.blank = [], blank
+
+    def call(self, images, numbers):
+        raise AssertionError("a picture went through serving_default")
+
+    def call_pictures(self, pictures, numbers):
+        self.sent += pictures
+        outputs = FakeModel.call(self, np.zeros((1, 28, 28), np.uint8), numbers)
+        ink = pictures[0] != self.blank
+        outputs.update(image=np.tile(np.arange(28, dtype=np.uint8), (1, 28, 1)),
+                       ink_found=np.array([ink]), digits_seen=np.array([int(ink)]))
+        return outputs
+
+
+def test_pictures_go_to_the_picture_signature_as_the_files_bytes(tmp_path):
+    from keras_adder.serving.gradio_app import SHOWN_SCALE, answer
+
+    stroke, blank = _stroke(tmp_path), _blank(tmp_path)
+    model = FakePictureModel(blank=Path(blank).read_bytes())
+    text, digits, _, image = answer(model, {"composite": stroke}, None, 4)
+    assert text == "3 + 4 = 7" and model.sent == [Path(stroke).read_bytes()]
+    assert np.array_equal(image, np.kron(np.tile(np.arange(28), (28, 1)),
+                                         np.ones((SHOWN_SCALE, SHOWN_SCALE))))
+    text, *rest = answer(model, {"composite": blank}, None, 4)  # ink_found False
+    assert text.startswith("no digit found") and "Draw a digit" in text
+    assert rest == [None, None, None]
 
 
 def _blank(tmp_path, name="blank.png"):

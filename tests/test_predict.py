@@ -158,6 +158,118 @@ def test_show_draws_the_inputs_with_predictions(trained_run, tmp_path, capsys):
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]  # no temporary left
 
 
+# --- Pictures through the serving_image signature --------------------------------------
+
+
+def served_image_signature(export_path):
+    """The SavedModel's serving_image signature, loaded with TensorFlow's own loader."""
+    import tensorflow as tf
+
+    return tf.saved_model.load(str(export_path)).signatures["serving_image"]
+
+
+def exif_rotated(path, mnist_image):
+    """A dark-on-light JPEG stored turned a quarter, with the EXIF tag that turns it back
+    (as phones store photos): TensorFlow's decoder ignores the tag."""
+    picture = Image.fromarray(255 - mnist_image).resize((112, 112), Image.Resampling.NEAREST)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "turn 90 degrees clockwise to view"
+    picture.transpose(Image.Transpose.ROTATE_90).convert("RGB").save(path, exif=exif,
+                                                                     quality=95)
+    return path
+
+
+def test_pictures_go_through_the_serving_image_signature(trained_run, mnist, tmp_path,
+                                                          capsys, monkeypatch):
+    """A PNG, a JPEG, an EXIF-rotated JPEG and a TIFF: each answered by serving_image,
+    and --show shows what that signature saw for the bytes a TF Serving client sends."""
+    import tensorflow as tf
+
+    _, (test_images, test_labels) = mnist
+    files = [write_picture(tmp_path / "a.png", test_images[0], dark_on_light=True),
+             write_picture(tmp_path / "b.jpg", test_images[1], dark_on_light=False,
+                           mode="RGB"),
+             exif_rotated(tmp_path / "c.jpg", test_images[2]),
+             write_picture(tmp_path / "d.tiff", test_images[3], dark_on_light=True)]
+    np.save(tmp_path / "e.npy", test_images[4])
+    shown = []
+    monkeypatch.setattr(predict, "save_picture", lambda path, pictures, rows: shown.append(
+        pictures))
+    rows = predict_json(capsys, *map(str, files), str(tmp_path / "e.npy"), "--number", "3",
+                        "--model", trained_run["export_path"],
+                        "--show", str(tmp_path / "out.png"))["predictions"]
+    assert [row["signature"] for row in rows] == ["serving_image"] * 4 + ["serving_default"]
+    assert [row["digit"] for row in rows] == test_labels[:5].tolist()
+    assert [row["sum"] for row in rows] == (test_labels[:5] + 3).tolist()
+    # The files' own bytes where TensorFlow reads them as the file means; the rotated
+    # JPEG and the TIFF as PNGs of the upright picture.
+    sent = [images.read_picture(path) for path in files]
+    assert [picture.own for picture in sent] == [True, True, False, False]
+    assert [sent[0].encoded, sent[1].encoded] == [files[0].read_bytes(), files[1].read_bytes()]
+    served = served_image_signature(trained_run["export_path"])(
+        picture=tf.constant([picture.encoded for picture in sent]),
+        number=tf.constant([3] * 4))
+    np.testing.assert_array_equal(shown[0][:4], served["image"].numpy())
+    assert [row["digit"] for row in rows[:4]] == served["digit"].numpy().tolist()
+    np.testing.assert_array_equal(shown[0][4], test_images[4])
+
+
+def test_explicit_preparation_and_models_without_the_signature_prepare_here(
+        trained_run, mnist, tmp_path, capsys, monkeypatch):
+    from keras_adder.serving import formats
+
+    _, (test_images, test_labels) = mnist
+    path = str(write_picture(tmp_path / "a.png", test_images[0], dark_on_light=True))
+    model = trained_run["export_path"]
+    for flag in ("--prepare", "--no-prepare"):
+        if flag == "--no-prepare":  # 28x28 MNIST-like files only
+            path = str(write_picture(tmp_path / "b.png", test_images[0], dark_on_light=False,
+                                     scale=1))
+        rows = predict_json(capsys, path, flag, "--number", "2", "--model", model)["predictions"]
+        assert [(row["signature"], row["digit"]) for row in rows] == [
+            ("serving_default", test_labels[0])]
+    # A model without serving_image (LiteRT, ONNX, an older SavedModel).
+    load_model = formats.load_model
+    monkeypatch.setattr(formats, "load_model",
+                        lambda *args: load_model(*args)._replace(call_pictures=None))
+    rows = predict_json(capsys, path, "--number", "2", "--model", model)["predictions"]
+    assert [(row["signature"], row["digit"]) for row in rows] == [
+        ("serving_default", test_labels[0])]
+
+
+def test_pictures_the_signature_refuses_or_cannot_read_as_one_digit(
+        trained_run, mnist, tmp_path, monkeypatch, capsys):
+    """Blank, two digits: today's words, now from the signature's ink_found and
+    digits_seen (nothing is prepared here); a picture over the signature's pixel limit
+    (within predict's own): the graph's reason. One line, exit 2, nothing written."""
+    _, (test_images, _) = mnist
+
+    def never(*args, **kwargs):
+        raise AssertionError("prepared here, not by the signature")
+
+    monkeypatch.setattr(images, "prepare_digit", never)
+    monkeypatch.chdir(tmp_path)
+    Image.new("L", (50, 50), 255).save("blank.png")
+    Image.fromarray(np.concatenate([test_images[1], test_images[2]], axis=1)).save("pair.png")
+    Image.new("1", (5000, 5000)).save("big.png")  # 25 MP: under predict's 50 MP
+    Image.fromarray(test_images[3]).save("one.png")
+    for name, message in [
+            ("blank.png", "blank.png: no digit found: nothing stands out from the background "
+                          "(a blank image?)"),
+            ("pair.png", "pair.png: 2 separate marks side by side look like 2 digits: give "
+                         "one digit per image"),
+            ("big.png", "big.png: the picture is a PNG of 5000x5000 = 25000000 pixels, over "
+                        "the limit of 12,000,000 (serving_image refused it)")]:
+        before = sorted(tmp_path.iterdir())
+        with pytest.raises(SystemExit) as exit_info:
+            run(predict.main, ["one.png", name, "--number", "3", "--show", "out.png",
+                               "--model", trained_run["export_path"]])
+        assert exit_info.value.code == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err == f"error: {message}\n"
+        assert sorted(tmp_path.iterdir()) == before
+
+
 # --- Bad input: one line on stderr, exit 2, nothing written -----------------------------
 
 

@@ -7,12 +7,15 @@ decoding (PNG, JPEG, GIF, BMP, TIFF, WebP, PPM through Pillow), picture modes (1
 transparency) and bounded .npy reading, with numpy and Pillow only, so a bad file is
 refused in milliseconds, before TensorFlow is imported. The MNIST-style preparation
 itself (ink found against the paper, crop, 20x20 box, centre of mass at the centre) is
-TensorFlow ops in `keras_adder.data.preparation`, which `prepare_digit` runs eagerly.
+TensorFlow ops in `keras_adder.data.preparation`, which `prepare_digit` runs eagerly, and
+which a SavedModel's `serving_image` signature carries: `read_picture` says which bytes
+a client sends it (the file's own, or a PNG of what this module read).
 
 Images already in MNIST's convention (28x28, light digit on black, centred, 20 pixels
 tall or wide) are left as they are unless preparation is asked for: see `prepare_digit`.
 """
 
+import io
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -37,6 +40,14 @@ WORK_SIDE = 512
 # Formats that Pillow decodes itself (EPS, for one, would run Ghostscript). "JPEG" also
 # opens phones' multi-picture (MPO) JPEGs.
 IMAGE_FORMATS = ("PNG", "JPEG", "GIF", "BMP", "TIFF", "WEBP", "PPM")
+# The formats and Pillow modes that TensorFlow's decoders read as load_image reads them
+# (compared picture by picture: equal, or 1-2 grey levels apart for JPEG's rounding). A
+# phone's multi-picture JPEG (MPO) is a JPEG whose first picture both read. Not here, and
+# read differently: 16-bit PNGs (load_image scales by the range the values reach),
+# 1-bit and colour-palette BMPs, and every other format.
+TENSORFLOW_READS = {"PNG": ("1", "L", "LA", "P", "RGB", "RGBA"),
+                    "JPEG": ("L", "RGB", "CMYK"), "MPO": ("L", "RGB", "CMYK"),
+                    "BMP": ("L", "RGB"), "GIF": ("L", "P")}
 MAX_NPY_IMAGES = 60_000  # all of MNIST's training images; ~47 MB as uint8
 # How an array holding a picture scaled to 0-1 (a Keras input, say) is refused.
 ZERO_TO_ONE = "values must be 0-255 (MNIST pixels); this array looks scaled to 0-1"
@@ -83,6 +94,11 @@ def load_image(path):
     (not clipped). Every problem is a KerasAdderError that names the file.
     """
 
+    return _load(path)[0]
+
+
+def _load(path):
+    """(load_image's grey levels, whether TensorFlow's decoders read the file alike)."""
     path = Path(path)
     _check_file(path)
     size = path.stat().st_size
@@ -98,7 +114,8 @@ def load_image(path):
             with Image.open(path, formats=IMAGE_FORMATS) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise _too_many_pixels(path, image.size)
-                return _upright_gray(image, path)
+                alike = _tensorflow_reads_alike(image)
+                return _upright_gray(image, path), alike
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise KerasAdderError(
             f"{path}: too many pixels (the limit is {MAX_PIXELS:,})") from None
@@ -111,6 +128,27 @@ def load_image(path):
         raise KerasAdderError(f"{path}: truncated or corrupt image ({error})") from None
 
 
+def _orientation(image):
+    return image.getexif().get(ExifTags.Base.Orientation, 1)
+
+
+def _tensorflow_reads_alike(image):
+    """Whether TensorFlow's decoders (tf.io.decode_png/jpeg/bmp/gif, as the serving_image
+    signature runs them) read this opened file as load_image does: a format and Pillow
+    mode of TENSORFLOW_READS, no EXIF rotation (TensorFlow ignores it), no transparent
+    colour but in a PNG's palette (TensorFlow ignores a GIF's and a grey or RGB PNG's,
+    which load_image reads as white paper), and a BMP of 24
+    bits or a grey palette (TensorFlow reads 32-bit BMPs' fourth byte as alpha, which
+    Pillow ignores, and a colour palette's indices as grey levels)."""
+    modes = TENSORFLOW_READS.get(image.format, ())
+    if image.mode not in modes or _orientation(image) in _UPRIGHT:
+        return False
+    if "transparency" in image.info and (image.format, image.mode) != ("PNG", "P"):
+        return False
+    # A BMP's tile says how its rows are stored: 8-bit grey ("L") or 24-bit ("BGR").
+    return image.format != "BMP" or bool(image.tile) and image.tile[0][3][0] in ("L", "BGR")
+
+
 # EXIF orientation tag → the transposition that makes the picture upright.
 _UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
             6: "ROTATE_270", 7: "TRANSVERSE", 8: "ROTATE_90"}
@@ -119,7 +157,7 @@ _UPRIGHT = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRA
 def _upright_gray(image, path):
     """An opened Pillow image → float32 grey levels, reduced and upright."""
 
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    orientation = _orientation(image)
     # A JPEG can be decoded at 1/2 to 1/8 scale: a big photo never exists in full.
     image.draft("RGB", (WORK_SIDE, WORK_SIDE))
     gray = _gray_image(image, path)
@@ -292,11 +330,17 @@ def prepare_digit(gray, prepare=None):
 
 def digit_problem(prepared):
     """Why a `Prepared` picture cannot be read as one digit (a sentence), or None."""
-    if prepared.empty:
+    return problem_of(prepared.empty, prepared.digits)
+
+
+def problem_of(empty, digits):
+    """digit_problem from the two facts alone: no ink found, and the groups of marks that
+    look like separate digits (the serving_image signature's ink_found and digits_seen)."""
+    if empty:
         return "no digit found: nothing stands out from the background (a blank image?)"
-    if prepared.digits > 1:
-        return (f"{prepared.digits} separate marks side by side look like "
-                f"{prepared.digits} digits: give one digit per image")
+    if digits > 1:
+        return (f"{digits} separate marks side by side look like {digits} digits: give "
+                "one digit per image")
     return None
 
 
@@ -308,6 +352,27 @@ def load_digit(path, prepare=None):
     if problem:
         raise KerasAdderError(f"{path}: {problem}")
     return prepared
+
+
+class Picture(NamedTuple):
+    """A picture file as a client of the serving_image signature sends it."""
+
+    gray: np.ndarray  # load_image's float32 grey levels, upright
+    encoded: bytes  # the bytes to send
+    own: bool  # True: the file's own bytes; False: a PNG of `gray`
+
+
+def read_picture(path):
+    """`load_image`'s checks and reading, and the bytes to send to a signature that
+    decodes pictures in the graph: the file's own when TensorFlow's decoders read it as
+    the file means (`TENSORFLOW_READS`), else a PNG of the upright grey picture that
+    load_image read (EXIF-rotated photos, TIFF, WebP, PPM, 16-bit PNGs, ...)."""
+    gray, alike = _load(path)
+    if alike:
+        return Picture(gray, Path(path).read_bytes(), True)
+    encoded = io.BytesIO()
+    Image.fromarray(np.clip(np.rint(gray), 0, 255).astype(np.uint8)).save(encoded, "PNG")
+    return Picture(gray, encoded.getvalue(), False)
 
 
 def is_unsure(probability):

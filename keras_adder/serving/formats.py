@@ -23,8 +23,9 @@ from keras_adder.core.errors import KerasAdderError
 from keras_adder.model.keras_file import load_keras_model
 from keras_adder.serving.runtimes import FORMATS, load_runtime_model
 from keras_adder.serving.saved_model import (
-    load_saved_model,
+    load_saved_model_signatures,
     make_serving_function,
+    run_image_signature,
     run_signature,
 )
 
@@ -49,6 +50,10 @@ class LoadedModel(NamedTuple):
     path: Path  # for a SavedModel base path, the version that was loaded
     call: Callable
     keras_model: object = None  # the Keras model itself, for a .keras file
+    # call_pictures(encoded pictures [N] (bytes), int32 numbers [N]): the serving_image
+    # signature's numpy outputs (saved_model.run_image_signature); None for a model
+    # without it (LiteRT, ONNX, .keras, a SavedModel exported before it existed).
+    call_pictures: Callable = None
 
 
 # --- The interface check ---------------------------------------------------------------
@@ -159,10 +164,13 @@ def load_keras(path):
 
 def _load(path):
     if path.is_dir():
-        resolved, serve = load_saved_model(path)
+        resolved, serve, serve_image = load_saved_model_signatures(path)
         interface = (_spec_interface(serve.structured_input_signature[1]),
                      _spec_interface(serve.structured_outputs))
-        return LoadedModel("saved_model", resolved, _signature_call(serve)), interface
+        pictures = None if serve_image is None else (
+            lambda encoded, numbers: run_image_signature(serve_image, encoded, numbers))
+        return (LoadedModel("saved_model", resolved, _signature_call(serve),
+                            call_pictures=pictures), interface)
     if path.suffix in FORMATS:
         runtime = load_runtime_model(path)
         return (LoadedModel(runtime.kind, path, runtime.predict),

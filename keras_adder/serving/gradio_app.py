@@ -1,23 +1,29 @@
 """The browser demo: draw a digit (or upload a photo), pick a number, see the sum.
 
-The app calls an exported SavedModel's `serving_default` signature, as TF Serving would,
-and every picture goes through `pictures.load_digit`, the loader and MNIST-style
-preparation that `predict` uses, so the demo and the command answer alike for the same
-picture. It shows the 28x28 image the model saw, so a user sees why it answered so.
+The app is a client of the exported model, as a TF Serving client would be: a SavedModel
+with the `serving_image` signature gets the canvas' PNG or the uploaded file's bytes and
+prepares them in its graph, and the page shows the signature's `image` output, so the
+browser shows exactly what a TF Serving client gets. A model without it (LiteRT, ONNX,
+a SavedModel exported before it) gets the picture prepared here and sent through
+`serving_default`. Both follow `keras_adder.serving.clients`, the rule `predict` follows,
+so the demo and the command answer alike for the same picture. The page shows the 28x28
+image the model saw, so a user sees why it answered so.
 
 An upload reaches the app as a file path (`gr.File`), never decoded by Gradio: an image
 component opens and converts it with Pillow before the project's loader can check it,
 so a small PNG declaring a huge picture costs the server its decoded size, and a file
-that is not an image a traceback. The bounded loader reads the header first and
+that is not an image a traceback. The bounded loader (`pictures.read_picture`, which
+also decides which bytes are sent) reads the header first and
 refuses what it cannot read with its own message, shown on the page. Uploads bigger than
 `pictures.MAX_FILE_BYTES` are refused by Gradio while they arrive (`max_file_size`).
-The drawing is the canvas' own 280x280 PNG, decoded by Gradio as before.
+The drawing is the canvas' own 280x280 PNG file, read the same way.
 
 Nothing leaves the machine: no share link, Gradio's analytics and version check are off,
 and the default theme's fonts are served by the app itself. Gradio is imported here;
 only `python -m keras_adder.demo` and the tests import this module.
 """
 
+import io
 import os
 
 # Read by Gradio when it is imported (its version check and telemetry calls).
@@ -25,9 +31,10 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from keras_adder.core import startup  # noqa: E402
-from keras_adder.core.constants import NUM_DIGITS  # noqa: E402
+from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS  # noqa: E402
 from keras_adder.core.errors import KerasAdderError  # noqa: E402
 from keras_adder.data import pictures  # noqa: E402
 
@@ -46,6 +53,12 @@ def _black_canvas():
     return {"background": black, "layers": [], "composite": black}
 
 
+def _blank_png():
+    encoded = io.BytesIO()
+    Image.new("L", (IMAGE_SIZE, IMAGE_SIZE)).save(encoded, "PNG")
+    return encoded.getvalue()
+
+
 def _picture_path(drawing, upload):
     """The file to read: an uploaded photo wins over the drawing; None when neither."""
     if upload:
@@ -55,33 +68,33 @@ def _picture_path(drawing, upload):
     return None
 
 
-def _prepare(path):
-    """(uint8 [28, 28], None) or (None, a message for the page)."""
-    try:
-        return pictures.load_digit(path).image, None
-    except KerasAdderError as error:
-        # The message names Gradio's temporary copy, which means nothing to the user.
-        return None, str(error).removeprefix(f"{path}: ")
+def _problem(error, path):
+    # The message names Gradio's temporary copy, which means nothing to the user.
+    return str(error).removeprefix(f"{path}: ")
 
 
-def answer(predict, drawing, upload, number):
+def answer(model, drawing, upload, number):
     """The page's outputs (text, digit bars, sum bars, the 28x28 image enlarged) for one
-    request.
-
-    `predict(image, number)` returns the serving signature's outputs for one pair.
-    """
+    request to `model` (a formats.LoadedModel: `call`, and `call_pictures` when it has
+    the serving_image signature)."""
     nothing = (None, None, None)
     path = _picture_path(drawing, upload)
     if path is None:
         return (EMPTY_CANVAS, *nothing)
-    image, problem = _prepare(path)
-    if problem:
+    # Deferred: TensorFlow, imported quietly by build_app (or the caller) first.
+    startup.import_tensorflow()
+    from keras_adder.serving.clients import answer_items
+
+    try:
+        picture = pictures.read_picture(path)
+        if number not in range(NUM_DIGITS):  # None, 2.5 and 12 are refused alike
+            return (f"Pick a whole number from 0 to {NUM_DIGITS - 1}.", *nothing)
+        number = int(number)
+        images, outputs, _ = answer_items(model, [path], [picture], np.array([number], np.int32))
+    except KerasAdderError as error:
+        problem = _problem(error, path)
         hint = EMPTY_CANVAS if not upload and "no digit found" in problem else ""
         return (f"{problem}. {hint}".strip(), *nothing)
-    if number not in range(NUM_DIGITS):  # None, 2.5 and 12 are refused alike
-        return (f"Pick a whole number from 0 to {NUM_DIGITS - 1}.", *nothing)
-    number = int(number)
-    outputs = predict(image, number)
     digit, total = int(outputs["digit"][0]), int(outputs["sum"][0])
     digit_bars = {str(i): float(p) for i, p in enumerate(outputs["digit_probabilities"][0])}
     sum_bars = {str(i): float(p) for i, p in enumerate(outputs["sum_probabilities"][0])}
@@ -90,8 +103,17 @@ def answer(predict, drawing, upload, number):
         text += (f"  (unsure: the model gives this answer less than "
                  f"{pictures.UNSURE_BELOW:.0%} probability)")
     # Enlarged by repeating pixels, so the page shows exactly the model's input.
-    shown = np.kron(image, np.ones((SHOWN_SCALE, SHOWN_SCALE), np.uint8))
+    shown = np.kron(images[0], np.ones((SHOWN_SCALE, SHOWN_SCALE), np.uint8))
     return text, digit_bars, sum_bars, shown
+
+
+def signature_note(model):
+    """Which signature the page's pictures go through, for the page's heading."""
+    if model.call_pictures is not None:
+        return ("pictures go through its `serving_image` signature, as a TF Serving "
+                "client's would")
+    return "it has no `serving_image` signature: pictures are prepared here and sent " \
+        "through `serving_default`"
 
 
 def build_app(model_path):
@@ -103,13 +125,14 @@ def build_app(model_path):
     from keras_adder.serving.formats import load_model
 
     model = load_model(model_path)  # checks the model's interface, as every command does
-    version_path = model.path
-
-    def predict(image, number):
-        return model.call(image[np.newaxis], np.array([number], np.int32))
+    if model.call_pictures is not None:
+        # The first call of a loaded signature optimises its graph (seconds on a busy
+        # CPU): paid here, at start-up, rather than by the first visitor.
+        model.call_pictures([_blank_png()], np.zeros([1], np.int32))
 
     with gr.Blocks(title="keras-adder", analytics_enabled=False) as app:
-        gr.Markdown(f"## Draw a digit, pick a number, see the sum\nModel: `{version_path}`")
+        gr.Markdown(f"## Draw a digit, pick a number, see the sum\nModel: `{model.path}`; "
+                    f"{signature_note(model)}.", elem_id="model-note")
         with gr.Row():
             with gr.Column():
                 drawing = gr.Sketchpad(
@@ -137,7 +160,7 @@ def build_app(model_path):
                 sum_bars = gr.Label(num_top_classes=SHOWN_CLASSES,
                                     label=f"Sum: the {SHOWN_CLASSES} most likely",
                                     elem_id="sum-probabilities")
-        button.click(lambda *inputs: answer(predict, *inputs), [drawing, upload, number],
+        button.click(lambda *inputs: answer(model, *inputs), [drawing, upload, number],
                      [result, digit_bars, sum_bars, seen])
     return app
 

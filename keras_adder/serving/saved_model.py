@@ -349,6 +349,12 @@ def load_saved_model(path):
 
     Loading a SavedModel runs its graph: load only models from a trusted source.
     """
+    return load_saved_model_signatures(path)[:2]
+
+
+def load_saved_model_signatures(path):
+    """(version path, serving_default, serving_image or None for a SavedModel exported
+    before it existed): load_saved_model with the picture signature."""
     path = resolve_saved_model(path)
     try:
         loaded = tf.saved_model.load(str(path))
@@ -357,7 +363,7 @@ def load_saved_model(path):
     if SIGNATURE not in loaded.signatures:
         raise KerasAdderError(f"{path}: not a keras_adder model: no {SIGNATURE!r} signature")
     # Its inputs and outputs are checked by serving.formats.check_interface.
-    return path, loaded.signatures[SIGNATURE]
+    return path, loaded.signatures[SIGNATURE], loaded.signatures.get(IMAGE_SIGNATURE)
 
 
 def run_signature(serve, images, numbers, batch_size=MAX_SERVING_BATCH):
@@ -371,4 +377,38 @@ def run_signature(serve, images, numbers, batch_size=MAX_SERVING_BATCH):
         except tf.errors.InvalidArgumentError as error:
             raise KerasAdderError(f"the model refused the request: {error.message}") from None
         parts.append({name: value.numpy() for name, value in outputs.items()})
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+
+
+class PictureRefused(KerasAdderError):
+    """The picture signature refused picture `index` of a call; `reason` is its words."""
+
+    def __init__(self, index, reason):
+        super().__init__(f"picture {index}: {reason}")
+        self.index, self.reason = index, reason
+
+
+def refusal_reason(error):
+    """The one-line reason of a refusal by an assertion in the graph: the text that
+    tf.debugging.Assert carries, without TensorFlow's framing and node names."""
+    found = re.search(r"^assertion failed: \[(.*)\]\s*$", error.message, re.MULTILINE)
+    return found[1].replace('\\"', '"') if found else reason(error)
+
+
+def run_image_signature(serve_image, pictures, numbers):
+    """Call a `serving_image` signature with encoded pictures (bytes) and numbers, one
+    picture per request: each refusal is then that picture's own (PictureRefused), and a
+    command's many files never meet a request's limits. numpy outputs."""
+    parts = []
+    for index, (picture, number) in enumerate(zip(pictures, numbers)):
+        try:
+            outputs = serve_image(picture=tf.constant([picture], tf.string),
+                                  number=tf.constant([number], tf.int32))
+        except tf.errors.InvalidArgumentError as error:
+            # One picture per request: the graph's "picture 0" is this picture.
+            said = re.sub(r"^picture 0\b", "the picture", refusal_reason(error))
+            raise PictureRefused(index, said) from None
+        parts.append({name: value.numpy() for name, value in outputs.items()})
+    if not parts:
+        return {}
     return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
