@@ -92,8 +92,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="python -m keras_adder.bench",
         description="Measure training throughput (compact vs reference, in samples/s and "
-        "GFLOP/s against the fp32 matmul peak), time to 99.4 %% test accuracy of the fast "
-        "recipe and to 99.6 %% of the default, input-pipeline speed, and serving speed "
+        "GFLOP/s against the fp32 matmul peak), time to 99.4 % test accuracy of the fast "
+        "recipe and to 99.6 % of the default, input-pipeline speed, and serving speed "
         "by runtime (SavedModel, LiteRT, ONNX Runtime; fp32 and int8), and the "
         "serving_image signature (encoded pictures: speed beside serving_default, answers "
         "for MNIST PNGs, accuracy on --pictures) in one run; print tables and write JSON.",
