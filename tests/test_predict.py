@@ -1,5 +1,6 @@
 """`python -m keras_adder.predict`: images in, the exported model's answers out."""
 
+import io
 import json
 import os
 import subprocess
@@ -12,6 +13,7 @@ from PIL import Image
 
 from keras_adder import predict
 from keras_adder.cli import run
+from keras_adder.core.errors import KerasAdderError
 from keras_adder.data import pictures as images
 from keras_adder.data.pipeline import model_inputs
 
@@ -237,11 +239,10 @@ def test_explicit_preparation_and_models_without_the_signature_prepare_here(
         ("serving_default", test_labels[0])]
 
 
-def test_pictures_the_signature_refuses_or_cannot_read_as_one_digit(
+def test_pictures_the_signature_cannot_read_as_one_digit(
         trained_run, mnist, tmp_path, monkeypatch, capsys):
     """Blank, two digits: today's words, now from the signature's ink_found and
-    digits_seen (nothing is prepared here); a picture over the signature's pixel limit
-    (within predict's own): the graph's reason. One line, exit 2, nothing written."""
+    digits_seen (nothing is prepared here). One line, exit 2, nothing written."""
     _, (test_images, _) = mnist
 
     def never(*args, **kwargs):
@@ -251,15 +252,12 @@ def test_pictures_the_signature_refuses_or_cannot_read_as_one_digit(
     monkeypatch.chdir(tmp_path)
     Image.new("L", (50, 50), 255).save("blank.png")
     Image.fromarray(np.concatenate([test_images[1], test_images[2]], axis=1)).save("pair.png")
-    Image.new("1", (5000, 5000)).save("big.png")  # 25 MP: under predict's 50 MP
     Image.fromarray(test_images[3]).save("one.png")
     for name, message in [
             ("blank.png", "blank.png: no digit found: nothing stands out from the background "
                           "(a blank image?)"),
             ("pair.png", "pair.png: 2 separate marks side by side look like 2 digits: give "
-                         "one digit per image"),
-            ("big.png", "big.png: the picture is a PNG of 5000x5000 = 25000000 pixels, over "
-                        "the limit of 12,000,000 (serving_image refused it)")]:
+                         "one digit per image")]:
         before = sorted(tmp_path.iterdir())
         with pytest.raises(SystemExit) as exit_info:
             run(predict.main, ["one.png", name, "--number", "3", "--show", "out.png",
@@ -268,6 +266,39 @@ def test_pictures_the_signature_refuses_or_cannot_read_as_one_digit(
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err == f"error: {message}\n"
         assert sorted(tmp_path.iterdir()) == before
+
+
+def test_a_photo_over_the_signatures_limits_goes_as_the_picture_predict_read(
+        trained_run, mnist, tmp_path, capsys):
+    """A 25-MP photo is within predict's own bound but over serving_image's 12 MP: the
+    signature gets a PNG of the reduced picture, not the file, and answers it."""
+    _, (test_images, test_labels) = mnist
+    photo = Image.new("L", (5000, 5000), 255)
+    digit = Image.fromarray(255 - test_images[3]).resize((2000, 2000))
+    photo.paste(digit, (1500, 1500))
+    photo.save(tmp_path / "big.png")
+    picture = images.read_picture(tmp_path / "big.png")
+    assert not picture.own and picture.encoded[:8] == b"\x89PNG\r\n\x1a\n"
+    assert Image.open(io.BytesIO(picture.encoded)).size == (512, 512)
+    rows = predict_json(capsys, str(tmp_path / "big.png"), "--number", "2", "--model",
+                        str(trained_run["export_path"]))["predictions"]
+    assert [(row["signature"], row["digit"]) for row in rows] == [
+        ("serving_image", test_labels[3])]
+
+
+def test_a_picture_the_graph_refuses_is_named_with_the_graphs_reason():
+    """What the graph refuses (a corrupt file that passed Pillow, a limit) is one line
+    naming the file, in the graph's words."""
+    from keras_adder.serving.clients import through_picture_signature
+    from keras_adder.serving.saved_model import PictureRefused
+
+    def refusing(pictures, numbers):
+        raise PictureRefused(1, "the picture is a PNG of 5000x5000 = 25000000 pixels")
+
+    pictures = [images.Picture(np.zeros((2, 2), np.float32), b"x", True)] * 2
+    with pytest.raises(KerasAdderError, match=r"^b.png: the picture is a PNG of 5000x5000 = "
+                       r"25000000 pixels \(serving_image refused it\)$"):
+        through_picture_signature(refusing, ["a.png", "b.png"], pictures, np.array([1, 2]))
 
 
 # --- Bad input: one line on stderr, exit 2, nothing written -----------------------------

@@ -21,6 +21,10 @@ RUNS_DIR = "runs"
 # The largest batch one serving call accepts: 1,024 images are ~3 MB in and ~0.1 GB of
 # activations, while an unbounded request could exhaust the server's memory.
 MAX_SERVING_BATCH = 1024
+# The serving_image signature's limits on one picture (E and P in docs/serving.md); a
+# client whose file is over them sends a PNG of the reduced picture instead.
+MAX_PICTURE_BYTES = 4 * 1024 * 1024  # a 12-MP phone JPEG is 2-5 MB
+MAX_PICTURE_PIXELS = 12_000_000  # a 12-MP phone photo (4000x3000)
 
 EVALUATION_SPLITS = ("test", "validation")
 EVALUATION_DIR = "runs/evaluation"

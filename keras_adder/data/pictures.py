@@ -25,7 +25,7 @@ from numpy.lib import format as npy
 from PIL import ExifTags, Image, UnidentifiedImageError
 
 from keras_adder.core import startup
-from keras_adder.core.constants import IMAGE_SIZE
+from keras_adder.core.constants import IMAGE_SIZE, MAX_PICTURE_BYTES, MAX_PICTURE_PIXELS
 from keras_adder.core.errors import KerasAdderError
 
 # A 48-megapixel phone photo still loads; Pillow's own warning starts at 89 MP and its
@@ -98,7 +98,8 @@ def load_image(path):
 
 
 def _load(path):
-    """(load_image's grey levels, whether TensorFlow's decoders read the file alike)."""
+    """(load_image's grey levels, whether the file can go to serving_image as itself:
+    TensorFlow's decoders read it alike, and it is within the signature's limits)."""
     path = Path(path)
     _check_file(path)
     size = path.stat().st_size
@@ -114,7 +115,8 @@ def _load(path):
             with Image.open(path, formats=IMAGE_FORMATS) as image:
                 if image.width * image.height > MAX_PIXELS:
                     raise _too_many_pixels(path, image.size)
-                alike = _tensorflow_reads_alike(image)
+                alike = (_tensorflow_reads_alike(image) and size <= MAX_PICTURE_BYTES
+                         and image.width * image.height <= MAX_PICTURE_PIXELS)
                 return _upright_gray(image, path), alike
     except (Image.DecompressionBombWarning, Image.DecompressionBombError):
         raise KerasAdderError(
@@ -365,8 +367,9 @@ class Picture(NamedTuple):
 def read_picture(path):
     """`load_image`'s checks and reading, and the bytes to send to a signature that
     decodes pictures in the graph: the file's own when TensorFlow's decoders read it as
-    the file means (`TENSORFLOW_READS`), else a PNG of the upright grey picture that
-    load_image read (EXIF-rotated photos, TIFF, WebP, PPM, 16-bit PNGs, ...)."""
+    the file means (`TENSORFLOW_READS`) and it is within the signature's limits, else a
+    PNG of the upright, reduced grey picture that load_image read (EXIF-rotated photos,
+    TIFF, WebP, PPM, 16-bit PNGs, photos over 12 MP or 4 MiB, ...)."""
     gray, alike = _load(path)
     if alike:
         return Picture(gray, Path(path).read_bytes(), True)

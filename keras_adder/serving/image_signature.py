@@ -24,14 +24,13 @@ import base64
 
 import tensorflow as tf
 
-from keras_adder.core.constants import IMAGE_SIZE
+from keras_adder.core.constants import IMAGE_SIZE, MAX_PICTURE_BYTES, MAX_PICTURE_PIXELS
 from keras_adder.data import preparation
 
 IMAGE_SIGNATURE = "serving_image"
 
-# The limits (docs/serving.md gives the peak memory of the worst request they allow).
-MAX_PICTURE_BYTES = 4 * 1024 * 1024  # E: a 12-MP phone JPEG is 2-5 MB
-MAX_PICTURE_PIXELS = 12_000_000  # P: a 12-MP phone photo (4000x3000)
+# The limits, with E (MAX_PICTURE_BYTES) and P (MAX_PICTURE_PIXELS) from core.constants
+# (docs/serving.md gives the peak memory of the worst request they allow).
 MAX_PICTURES = 64  # B: pictures in one request
 MAX_REQUEST_PIXELS = 48_000_000  # T: all of a request's pictures together
 # Transparent pixels show the paper: white, as a canvas drawing or a scan is.
