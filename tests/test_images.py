@@ -67,6 +67,37 @@ def test_mnist_images_pass_unchanged_and_prepare_to_themselves(mnist):
     assert np.abs(np.asarray(redone, int) - test_images[:200]).mean() < 4
 
 
+@pytest.mark.parametrize("factor, resample, within", [
+    (2, Image.Resampling.NEAREST, 0), (3, Image.Resampling.NEAREST, 0),
+    (4, Image.Resampling.NEAREST, 0), (4, Image.Resampling.BICUBIC, 32),
+    (3, Image.Resampling.BILINEAR, 32), (10, Image.Resampling.LANCZOS, 32)])
+def test_an_enlarged_mnist_image_is_sampled_back_not_prepared(mnist, factor, resample, within):
+    """Each side 28 k pixels, MNIST's convention: the centre of each k x k block is the
+    original pixel (exactly for a nearest-neighbour enlargement)."""
+    _, (test_images, _) = mnist
+    for digit in test_images[:20]:
+        side = 28 * factor
+        picture = np.asarray(Image.fromarray(digit).resize((side, side), resample), np.float32)
+        kept = images.prepare_digit(picture)
+        assert not kept.prepared and not kept.empty and kept.digits == 1
+        assert np.abs(kept.image.astype(int) - digit).max() <= within
+
+
+def test_an_enlargement_is_only_taken_back_when_it_is_one(mnist):
+    """Detail finer than a block (ink only in each block's middle), a small digit in a
+    big frame, a picture that is not square or not 28 k a side: prepared as any picture."""
+    _, (test_images, _) = mnist
+    digit = test_images[0]
+    middles = np.zeros((112, 112), np.float32)
+    for row in (1, 2):
+        for col in (1, 2):
+            middles[row::4, col::4] = digit
+    framed = on_paper(digit, 0, 255)  # the whole 28x28 frame in 80 of 112 pixels
+    enlarged = np.asarray(Image.fromarray(digit).resize((112, 112)), np.float32)
+    for picture in (middles, framed, enlarged[:, :100], enlarged[:110, :110]):
+        assert images.prepare_digit(picture).prepared
+
+
 @pytest.mark.parametrize("index", range(0, 60, 6))
 def test_prepared_digit_is_centred_by_mass_in_a_20_pixel_box(mnist, index):
     _, (test_images, _) = mnist
