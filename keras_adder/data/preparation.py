@@ -118,11 +118,10 @@ def _sampled_back(gray):
     (a 28x28 picture itself): the middle pixel for an odd k; for an even k the cubic
     through the middle four pixels (k >= 4: halves the middle two's error on bicubic
     enlargements) or the middle two's mean (k = 2: the cubic's four would reach into
-    the neighbouring blocks). For
-    k >= 2 it is the picture if it agrees with the blocks' averages (ENLARGED_MAD) and
-    its digit's box is MNIST's 20 pixels (19-21 at grey level 32, where 99.97 % of
-    MNIST's training digits have 20): a small digit in a big frame is prepared, not
-    taken as it is. Anything else: (zeros, False)."""
+    the neighbouring blocks). For k >= 2 it is the picture if it agrees with the blocks'
+    averages (ENLARGED_MAD) and its digit's box is MNIST's 20 pixels (19-21 at grey
+    level 32, where 99.97 % of MNIST's training digits have 20): a small digit in a big
+    frame is prepared, not taken as it is. Anything else: (zeros, False)."""
     height, width = tf.shape(gray)[0], tf.shape(gray)[1]
     whole = tf.logical_and(tf.equal(height, width), tf.equal(height % IMAGE_SIZE, 0))
 
