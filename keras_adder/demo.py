@@ -4,7 +4,9 @@
     python -m keras_adder.demo --model saved_models/keras_adder/3 --port 8000
 
 A Gradio app (install requirements-demo.txt, or run `make demo`) over an exported
-SavedModel's `serving_default` signature, the one TF Serving calls. It listens on
+SavedModel's `serving_image` signature, as a TF Serving client would call it (or
+`serving_default` for a model without it). Gradio's files live in a folder of this run's
+own, removed when the demo stops. It listens on
 127.0.0.1 only, unless --host says otherwise; it makes no share link and sends nothing
 off the machine.
 """
@@ -43,9 +45,10 @@ def main(argv=None):
     except ImportError as error:
         raise KerasAdderError(f"the demo needs its requirements ({error}): run `make demo` "
                               "or pip install -r requirements-demo.txt") from None
-    app = gradio_app.build_app(args.model)
-    print(f"model: {args.model}; press Ctrl-C to stop")
-    gradio_app.launch(app, args.host, args.port)
+    with gradio_app.upload_folder():
+        app = gradio_app.build_app(args.model)
+        print(f"model: {args.model}; press Ctrl-C to stop")
+        gradio_app.launch(app, args.host, args.port)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -381,18 +382,20 @@ def untrained_export(tmp_path_factory):
                               check_images=np.zeros((4, 28, 28), np.uint8))
 
 
-@pytest.fixture(scope="module")
-def demo_process(untrained_export, tmp_path_factory):
-    """(url, pid, log) of `python -m keras_adder.demo` in a process of its own, so that
-    its memory is the server's alone; Gradio keeps the uploads in a temporary folder."""
-    folder = tmp_path_factory.mktemp("demo")
+@contextlib.contextmanager
+def running_demo(export, folder):
+    """(url, server, log) of `python -m keras_adder.demo` in a process of its own, so that
+    its memory is the server's alone, started as a user starts it (no TF_CPP_MIN_LOG_LEVEL),
+    with GRADIO_TEMP_DIR set to folder/"gradio". Stopped by SIGTERM at the end."""
     port = free_port()
+    environment = {key: value for key, value in os.environ.items()
+                   if key != "TF_CPP_MIN_LOG_LEVEL"}
     with open(folder / "server.log", "w") as log:
         server = subprocess.Popen(
-            [sys.executable, "-m", "keras_adder.demo", "--model", str(untrained_export),
+            [sys.executable, "-m", "keras_adder.demo", "--model", str(export),
              "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
             cwd=Path(__file__).parents[1],
-            env={**os.environ, "GRADIO_TEMP_DIR": str(folder / "uploads")})
+            env={**environment, "GRADIO_TEMP_DIR": str(folder / "gradio")})
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 300
@@ -400,7 +403,7 @@ def demo_process(untrained_export, tmp_path_factory):
             assert server.poll() is None and time.monotonic() < deadline, (
                 "the demo did not start: " + (folder / "server.log").read_text()[-3000:])
             time.sleep(0.5)
-        yield url, server.pid, folder / "server.log"
+        yield url, server, folder / "server.log"
     finally:
         server.terminate()
         try:
@@ -408,6 +411,13 @@ def demo_process(untrained_export, tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+
+
+@pytest.fixture(scope="module")
+def demo_process(untrained_export, tmp_path_factory):
+    """(url, pid, log) of one demo process shared by the hostile-upload tests."""
+    with running_demo(untrained_export, tmp_path_factory.mktemp("demo")) as (url, server, log):
+        yield url, server.pid, log
 
 
 def _answers(url):
@@ -516,3 +526,45 @@ def test_uploads_over_the_byte_limit_are_refused_while_they_arrive(demo_process)
         urllib.request.urlopen(request, timeout=60)
     assert refused.value.code == 413
     assert f"maximum allowed size of {pictures.MAX_FILE_BYTES}" in refused.value.read().decode()
+
+
+def _wait_for_line(log, text, seconds=60):
+    deadline = time.monotonic() + seconds
+    while text not in log.read_text():
+        assert time.monotonic() < deadline, f"no {text!r} in: {log.read_text()[-3000:]}"
+        time.sleep(0.2)
+
+
+def test_a_browser_that_leaves_mid_upload_costs_one_line_and_no_file(untrained_export,
+                                                                     tmp_path):
+    """A closed tab stops the uploads the sketchpad still sends: uvicorn printed a
+    traceback for each, and Gradio kept each partial file. Gradio's files live in a folder
+    of the run's own, removed on SIGTERM; what was in GRADIO_TEMP_DIR before stays."""
+    from keras_adder.serving.gradio_app import LEFT_BROWSER
+
+    theirs = tmp_path / "gradio" / "theirs.txt"
+    theirs.parent.mkdir()
+    theirs.write_text("not the demo's\n")
+    with running_demo(untrained_export, tmp_path) as (url, server, log):
+        assert log.read_text().startswith("model: "), log.read_text()  # no TensorFlow lines
+        (ours,) = theirs.parent.glob("keras-adder-demo-*")
+        boundary = "keras-adder-boundary"
+        head = (f'--{boundary}\r\nContent-Disposition: form-data; name="files"; '
+                'filename="left.png"\r\nContent-Type: image/png\r\n\r\n').encode()
+        port = urllib.parse.urlparse(url).port
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as connection:
+            connection.sendall(
+                b"POST /gradio_api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: multipart/form-data; boundary=" + boundary.encode() +
+                b"\r\nContent-Length: 100000\r\n\r\n" + head + bytes(1000))
+            deadline = time.monotonic() + 60
+            while not list(ours.glob("tmp*")):  # Gradio's file for the upload's part
+                assert time.monotonic() < deadline, "the upload was not started"
+                time.sleep(0.2)
+        _wait_for_line(log, LEFT_BROWSER)
+        assert _answers(url)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 143
+    assert "Traceback" not in log.read_text(), log.read_text()
+    assert not ours.exists()
+    assert theirs.read_text() == "not the demo's\n"

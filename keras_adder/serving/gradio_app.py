@@ -23,8 +23,12 @@ and the default theme's fonts are served by the app itself. Gradio is imported h
 only `python -m keras_adder.demo` and the tests import this module.
 """
 
+import contextlib
 import io
+import logging
 import os
+import shutil
+import tempfile
 
 # Read by Gradio when it is imported (its version check and telemetry calls).
 os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
@@ -32,8 +36,9 @@ os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
 import gradio as gr  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
+from starlette.requests import ClientDisconnect  # noqa: E402  (Gradio's web framework)
 
-from keras_adder.core import startup  # noqa: E402
+from keras_adder.core import signals, startup  # noqa: E402
 from keras_adder.core.constants import IMAGE_SIZE, NUM_DIGITS  # noqa: E402
 from keras_adder.core.errors import KerasAdderError  # noqa: E402
 from keras_adder.data import pictures  # noqa: E402
@@ -165,9 +170,52 @@ def build_app(model_path):
     return app
 
 
+@contextlib.contextmanager
+def upload_folder():
+    """A folder of this run's own for Gradio's files, removed when the demo stops
+    (Ctrl-C, SIGTERM): the uploads, the images shown, and the partial file of each upload
+    whose browser went away, which Gradio leaves behind. Made inside GRADIO_TEMP_DIR when
+    that is set (else the system's temporary folder), which is itself left as it was."""
+    parent = os.environ.get(GRADIO_FOLDER_VARIABLE)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    folder = tempfile.mkdtemp(prefix="keras-adder-demo-", dir=parent)
+    os.environ[GRADIO_FOLDER_VARIABLE] = folder  # read by Gradio whenever it needs it
+    try:
+        yield folder
+    finally:
+        if parent is None:
+            del os.environ[GRADIO_FOLDER_VARIABLE]
+        else:
+            os.environ[GRADIO_FOLDER_VARIABLE] = parent
+        with signals.deferred():  # a second SIGTERM (timeout, then kill) waits for it
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+GRADIO_FOLDER_VARIABLE = "GRADIO_TEMP_DIR"
+
+
+class _LeftBrowsers(logging.Filter):
+    """Turns uvicorn's traceback for a request whose browser went away before its body
+    had arrived into one line. A closed tab does that: the sketchpad uploads its layers
+    in the background, even after the answer is shown. Nothing of the server failed."""
+
+    def filter(self, record):
+        if record.exc_info and isinstance(record.exc_info[1], ClientDisconnect):
+            record.msg, record.args = LEFT_BROWSER, ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+LEFT_BROWSER = "a browser went away before its request had arrived (a tab closed?); dropped"
+_LEFT_BROWSERS = _LeftBrowsers()  # one instance: addFilter adds it once
+
+
 def launch(app, host="127.0.0.1", port=None, block=True):
     """Serve `app` on host:port (port None: Gradio picks a free one from 7860) with no
     share link; block=False returns at once, the server running in a thread."""
+    logging.getLogger("uvicorn.error").addFilter(_LEFT_BROWSERS)
     app.launch(server_name=host, server_port=port, share=False, css=CSS, quiet=not block,
                prevent_thread_lock=not block, show_error=True,
                max_file_size=pictures.MAX_FILE_BYTES)
