@@ -454,14 +454,22 @@ def upload_and_submit(browser, url, path, number):
         return page.locator("#result textarea").input_value(), seconds
 
 
-def test_hostile_uploads_are_refused_by_the_loader_before_anything_decodes_them(
-        browser, demo_process, mnist, tmp_path):
-    url, pid, log = demo_process
+@pytest.fixture
+def photo_and_huge(mnist, tmp_path):
+    """(photo, huge): a 140x140 photo of an MNIST test digit, and a 17 kB 1-bit PNG
+    declaring HUGE_SIDE x HUGE_SIDE pixels."""
     _, (test_images, _) = mnist
     photo = tmp_path / "photo.png"
     Image.fromarray(255 - test_images[0]).resize((140, 140)).save(photo)
     huge = tmp_path / "huge.png"
     Image.new("1", (HUGE_SIDE, HUGE_SIDE)).save(huge)
+    return photo, huge
+
+
+def test_hostile_uploads_are_refused_by_the_loader_before_anything_decodes_them(
+        browser, demo_process, photo_and_huge, tmp_path):
+    url, pid, log = demo_process
+    photo, huge = photo_and_huge
     notes = tmp_path / "notes.png"
     notes.write_text("not a picture\n")
     text, _ = upload_and_submit(browser, url, photo, 2)  # the first answer loads things
@@ -485,16 +493,12 @@ def test_hostile_uploads_are_refused_by_the_loader_before_anything_decodes_them(
     assert "Traceback" not in log.read_text(), log.read_text()
 
 
-def test_three_huge_uploads_do_not_hold_up_a_normal_request(browser, demo_process, mnist,
-                                                            tmp_path):
+def test_three_huge_uploads_do_not_hold_up_a_normal_request(browser, demo_process,
+                                                            photo_and_huge):
     """Three huge uploads sent at once, then a normal request: Gradio answers one request
     at a time, so each huge upload it decoded held the normal one up by seconds."""
     url, _, log = demo_process
-    _, (test_images, _) = mnist
-    photo = tmp_path / "photo.png"
-    Image.fromarray(255 - test_images[1]).resize((140, 140)).save(photo)
-    huge = tmp_path / "huge.png"
-    Image.new("1", (HUGE_SIDE, HUGE_SIDE)).save(huge)
+    photo, huge = photo_and_huge
     with contextlib.ExitStack() as pages:
         hostile = [pages.enter_context(opened(browser, url)) for _ in range(3)]
         for page in hostile:
