@@ -8,13 +8,14 @@ pixels, loaded with tf.saved_model.load in this process.
 import base64
 import io
 import json
+import struct
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageOps
 
 from keras_adder.serving import image_signature as signature
 from keras_adder.serving.rest import tensors_from_rest_body
@@ -39,6 +40,38 @@ def encoded(picture, fmt="PNG", **options):
 
 def enlarged(image):
     return Image.fromarray(image).resize((112, 112))
+
+
+# The transposition that stores an upright picture as EXIF orientation 1-8 says it is.
+STORED_AS = {2: "FLIP_LEFT_RIGHT", 3: "ROTATE_180", 4: "FLIP_TOP_BOTTOM", 5: "TRANSPOSE",
+             6: "ROTATE_90", 7: "TRANSVERSE", 8: "ROTATE_270"}
+
+
+def exif_bytes(orientation, big_endian=False, tag=0x0112, pointer=8):
+    """An Exif segment's payload as cameras write it: a TIFF header in either byte
+    order whose first directory, right after it, holds the camera's make, then `tag`
+    (the orientation's, unless another is asked) with the value `orientation`. The
+    header points to the directory, unless another `pointer` is asked."""
+    order = ">" if big_endian else "<"
+    entries = [struct.pack(order + "HHI", 0x010F, 2, 4) + b"Cam\0",
+               struct.pack(order + "HHIH", tag, 3, 1, orientation) + bytes(2)]
+    tiff = ((b"MM" if big_endian else b"II") + struct.pack(order + "HI", 42, pointer)
+            + struct.pack(order + "H", len(entries))
+            + b"".join(entries) + bytes(4))
+    return b"Exif\0\0" + tiff
+
+
+def exif_jpeg(upright, orientation, big_endian=False, jfif=True):
+    """A JPEG (RGB, quality 95) of the PIL image `upright` stored as `orientation` says,
+    with that EXIF tag; jfif=False drops the JFIF segment, so that Exif comes first."""
+    stored = upright.convert("RGB")
+    if orientation in STORED_AS:
+        stored = stored.transpose(getattr(Image.Transpose, STORED_AS[orientation]))
+    data = encoded(stored, "JPEG", quality=95, exif=exif_bytes(orientation, big_endian))
+    if not jfif:
+        assert data[2:4] == b"\xff\xe0"
+        data = data[:2] + data[4 + int.from_bytes(data[4:6], "big"):]
+    return data
 
 
 def case(pictures, numbers=None):
@@ -76,6 +109,9 @@ def good_cases(test_images):
                            for image in digits]),
         "BMP": case([encoded(enlarged(image), "BMP") for image in digits]),
         "GIF": case([encoded(enlarged(image), "GIF") for image in digits]),
+        # Orientations 1-8 and 1-2 again, both byte orders, Exif first or after JFIF.
+        "EXIF-turned JPEG": case([exif_jpeg(enlarged(image), i % 8 + 1, big_endian=i % 2 == 1,
+                                            jfif=i % 4 < 2) for i, image in enumerate(digits)]),
         "transparent paper": case(transparent),
         "blank among digits": case([encoded(enlarged(digits[0])), blank,
                                     encoded(enlarged(digits[1]))]),
@@ -212,7 +248,7 @@ def test_enlarged_mnist_pngs_answer_as_raw_pixels(report, request, raw_answers):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["MNIST PNG", "JPEG", "CMYK JPEG", "BMP", "GIF",
-                                  "transparent paper"])
+                                  "EXIF-turned JPEG", "transparent paper"])
 def test_every_format_answers_as_raw_pixels(name, project_report, raw_answers, mnist):
     _, (test_images, _) = mnist
     outputs = project_report["cases"][name]["outputs"]
@@ -221,6 +257,55 @@ def test_every_format_answers_as_raw_pixels(name, project_report, raw_answers, m
     assert all(outputs["ink_found"])
     if name == "MNIST PNG":  # already MNIST-like: used exactly as it is
         np.testing.assert_array_equal(outputs["image"], test_images[:FORMAT_EXAMPLES])
+
+
+@pytest.mark.slow
+def test_exif_turned_jpegs_are_turned_under_the_oldest_tensorflow(oldest_report,
+                                                                   project_report):
+    name = "EXIF-turned JPEG"
+    oldest, project = (report["cases"][name]["outputs"]
+                       for report in (oldest_report, project_report))
+    assert oldest["digit"] == project["digit"] and oldest["sum"] == project["sum"]
+    np.testing.assert_array_equal(oldest["image"], project["image"])
+
+
+def test_exif_orientation_is_read_as_pillow_reads_it():
+    """Each orientation, in both byte orders, Exif first or after JFIF, against Pillow's
+    reading; a picture Pillow would not turn (no tag, a value out of 1-8, damaged or cut
+    EXIF data) is read as 1, without an error."""
+    import tensorflow as tf
+
+    upright = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
+    files = {(orientation, big_endian, jfif): exif_jpeg(upright, orientation, big_endian, jfif)
+             for orientation in range(1, 9) for big_endian in (False, True)
+             for jfif in (False, True)}
+    plain = encoded(upright.convert("RGB"), "JPEG")
+    files |= {
+        "no EXIF": plain,
+        "another tag": encoded(upright, "JPEG", exif=exif_bytes(6, tag=0x0110)),
+        "value 9": encoded(upright, "JPEG", exif=exif_bytes(9)),
+        "directory past the end": encoded(upright, "JPEG", exif=exif_bytes(6, pointer=2**20)),
+        "cut after the TIFF header": exif_jpeg(upright, 6, jfif=False)[:30],
+        "start of image only": plain[:2],
+    }
+    for name, data in files.items():
+        got = int(signature._exif_orientation(tf.constant(data)).numpy())
+        if isinstance(name, tuple):
+            assert got == name[0] == Image.open(io.BytesIO(data)).getexif()[0x0112], name
+        else:
+            assert got == 1, name
+
+
+def test_upright_turns_as_pillows_exif_transpose():
+    import tensorflow as tf
+
+    upright = Image.fromarray(np.arange(12, dtype=np.uint8).reshape(3, 4) * 20)
+    for orientation in range(1, 9):
+        data = exif_jpeg(upright, orientation, jfif=False)
+        stored = np.asarray(Image.open(io.BytesIO(data)).convert("L"))
+        turned = signature.upright(tf.constant(stored), tf.constant(orientation)).numpy()
+        pillow = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+        np.testing.assert_array_equal(turned, pillow, err_msg=str(orientation))
 
 
 @pytest.mark.slow

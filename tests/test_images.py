@@ -328,7 +328,9 @@ def test_pictures_are_sent_as_themselves_only_where_tensorflow_reads_them_alike(
                 if Image.open(path).format in image_signature.FORMATS + ["MPO"] else None)
         alike = read is not None and read.shape == gray.shape and np.abs(read - gray).max() <= 2
         own[name] = picture.own
-        assert picture.own == alike, name
+        # The graph turns an EXIF-turned JPEG too, but reads the orientation only where
+        # phones and cameras put it: the client sends the upright picture, always right.
+        assert picture.own == (alike and name != "jpg EXIF-rotated"), name
         if picture.own:
             assert picture.encoded == path.read_bytes(), name
         else:  # a PNG of the grey levels, which the signature reads exactly

@@ -137,7 +137,8 @@ def _orientation(image):
 def _tensorflow_reads_alike(image):
     """Whether TensorFlow's decoders (tf.io.decode_png/jpeg/bmp/gif, as the serving_image
     signature runs them) read this opened file as load_image does: a format and Pillow
-    mode of TENSORFLOW_READS, no EXIF rotation (TensorFlow ignores it), no transparent
+    mode of TENSORFLOW_READS, no EXIF rotation (the signature turns a JPEG only where
+    phones and cameras put the orientation, so such a file goes upright), no transparent
     colour but in a PNG's palette (TensorFlow ignores a GIF's and a grey or RGB PNG's,
     which load_image reads as white paper), and a BMP of 24
     bits or a grey palette (TensorFlow reads 32-bit BMPs' fourth byte as alpha, which

@@ -42,6 +42,12 @@ WORK_SIDE = 512
 UNKNOWN, PNG, JPEG, BMP, GIF = 0, 1, 2, 3, 4
 FORMATS = ["not a picture", "PNG", "JPEG", "BMP", "GIF"]
 _HEAD = 32  # header bytes read for the format and the size
+# Where a JPEG's EXIF orientation is looked for: phones and cameras put the Exif segment
+# first, or second after JFIF's; its first directory holds some ten to twenty entries.
+EXIF_WINDOW = 2**16
+EXIF_SEGMENTS = 4
+EXIF_ENTRIES = 64
+ORIENTATION_TAG = 0x0112
 # Grey from RGB with ITU-R 601-2 luma, as Pillow's convert("L") (keras_adder.data.pictures).
 _LUMA = (0.299, 0.587, 0.114)
 
@@ -206,9 +212,65 @@ def _gray(pixels):
     return tf.round(tf.cond(tf.equal(channels % 2, 0), composited, lambda: luma))
 
 
+def _exif_orientation(picture):
+    """A JPEG's EXIF orientation (1-8; 1 when it has none, or none that is read here),
+    from the TIFF header and first directory of its Exif segment, which one of its first
+    EXIF_SEGMENTS segments within the first EXIF_WINDOW bytes must start. Every read is
+    clipped to the window: damaged EXIF data reads as some number, never out of bounds."""
+    window = tf.strings.substr(picture, 0, EXIF_WINDOW)
+    window = tf.strings.join([window, b"\0" * 16])  # a marker read past the end is 0
+    data = tf.cast(tf.io.decode_raw(window, tf.uint8), tf.int32)
+    last = tf.shape(data)[0] - 1
+
+    def at(index):
+        return tf.gather(data, tf.clip_by_value(index, 0, last))
+
+    position, tiff = tf.constant(2), tf.constant(-1)  # after the start-of-image marker
+    for _ in range(EXIF_SEGMENTS):
+        marker = at(position) * 256 + at(position + 1)
+        exif = (marker == 0xFFE1) & tf.reduce_all(
+            tf.equal(at(position + 4 + tf.range(6)), list(b"Exif\0\0")))
+        tiff = tf.where((tiff < 0) & exif, position + 10, tiff)
+        # Application segments (APP0-APP15) and comments precede the image data.
+        skippable = ((marker >= 0xFFE0) & (marker <= 0xFFEF)) | (marker == 0xFFFE)
+        position = tf.where(skippable, position + 2 + at(position + 2) * 256
+                            + at(position + 3), last + 1)
+    little = tf.reduce_all(tf.equal(at(tiff + tf.range(2)), list(b"II")))
+    big = tf.reduce_all(tf.equal(at(tiff + tf.range(2)), list(b"MM")))
+
+    def number(index, count):  # unsigned, in the TIFF header's byte order
+        places = tf.range(count)
+        weights = tf.where(little, 256 ** places, 256 ** (count - 1 - places))
+        return tf.reduce_sum(at(index[..., tf.newaxis] + places) * weights, -1)
+
+    directory = tiff + number(tiff + 4, 4)
+    entries = directory + 2 + 12 * tf.range(EXIF_ENTRIES)
+    found = ((number(entries, 2) == ORIENTATION_TAG)
+             & (tf.range(EXIF_ENTRIES) < number(directory, 2)))
+    value = tf.reduce_max(tf.where(found, number(entries + 8, 2), 0))
+    read = (tiff >= 0) & (little | big) & (value >= 1) & (value <= 8)
+    return tf.where(read, value, 1)
+
+
+def upright(gray, orientation):
+    """Grey levels [H, W] stored as EXIF orientation 1-8 says → as they are to be seen
+    (what Pillow's ImageOps.exif_transpose does)."""
+    return tf.switch_case(orientation - 1, [
+        lambda: gray,
+        lambda: tf.reverse(gray, [1]),  # 2: mirrored left-right
+        lambda: tf.reverse(gray, [0, 1]),  # 3: turned 180 degrees
+        lambda: tf.reverse(gray, [0]),  # 4: mirrored top-bottom
+        lambda: tf.transpose(gray),  # 5: mirrored along the main diagonal
+        lambda: tf.reverse(tf.transpose(gray), [1]),  # 6: to be turned 90 degrees clockwise
+        lambda: tf.reverse(tf.transpose(gray), [0, 1]),  # 7: mirrored along the other diagonal
+        lambda: tf.reverse(tf.transpose(gray), [0]),  # 8: to be turned 90 degrees anticlockwise
+    ])
+
+
 def decode_gray(picture, kind):
     """A checked picture → float32 grey levels [H, W] (0-255), alpha composited onto
-    PAPER, reduced to at most WORK_SIDE pixels on its longer side."""
+    PAPER, reduced to at most WORK_SIDE pixels on its longer side, and a JPEG turned as
+    its EXIF orientation says (after the reduction: a smaller copy to turn)."""
     gray = tf.switch_case(kind - 1, [
         lambda: _gray(tf.io.decode_png(picture, channels=0)),
         lambda: _gray(tf.io.decode_jpeg(picture, channels=3)),  # grey and CMYK as RGB
@@ -221,7 +283,9 @@ def decode_gray(picture, kind):
                                              / tf.cast(longer, tf.float64)), tf.int32))
     gray = tf.cond(longer > WORK_SIDE,
                    lambda: tf.image.resize(gray, reduced, method="area"), lambda: gray)
-    return gray[:, :, 0]
+    return tf.cond(tf.equal(kind, JPEG),
+                   lambda: upright(gray[:, :, 0], _exif_orientation(picture)),
+                   lambda: gray[:, :, 0])
 
 
 def _each(fn, pictures, dtypes, shapes=None):
