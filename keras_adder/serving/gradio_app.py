@@ -51,6 +51,8 @@ SHOWN_SCALE = 8  # the 28x28 image is shown as 224x224, each pixel an 8x8 square
 # "Clear canvas" would remove the black background, and white ink on the transparent
 # canvas reads as white on white paper: hidden, so Undo is the way to start again.
 CSS = "#sketchpad button[aria-label='Clear canvas'] { display: none; }"
+GRADIO_FOLDER_VARIABLE = "GRADIO_TEMP_DIR"  # where Gradio keeps uploads and shown images
+LEFT_BROWSER = "a browser went away before its request had arrived (a tab closed?); dropped"
 
 
 def _black_canvas():
@@ -175,7 +177,8 @@ def upload_folder():
     """A folder of this run's own for Gradio's files, removed when the demo stops
     (Ctrl-C, SIGTERM): the uploads, the images shown, and the partial file of each upload
     whose browser went away, which Gradio leaves behind. Made inside GRADIO_TEMP_DIR when
-    that is set (else the system's temporary folder), which is itself left as it was."""
+    that is set (created if missing, never removed), else in the system's temporary
+    folder."""
     parent = os.environ.get(GRADIO_FOLDER_VARIABLE)
     if parent:
         os.makedirs(parent, exist_ok=True)
@@ -188,11 +191,8 @@ def upload_folder():
             del os.environ[GRADIO_FOLDER_VARIABLE]
         else:
             os.environ[GRADIO_FOLDER_VARIABLE] = parent
-        with signals.deferred():  # a second SIGTERM (timeout, then kill) waits for it
+        with signals.deferred():  # a second SIGTERM (sent to the group too) waits for it
             shutil.rmtree(folder, ignore_errors=True)
-
-
-GRADIO_FOLDER_VARIABLE = "GRADIO_TEMP_DIR"
 
 
 class _LeftBrowsers(logging.Filter):
@@ -208,7 +208,6 @@ class _LeftBrowsers(logging.Filter):
         return True
 
 
-LEFT_BROWSER = "a browser went away before its request had arrived (a tab closed?); dropped"
 _LEFT_BROWSERS = _LeftBrowsers()  # one instance: addFilter adds it once
 
 
