@@ -42,8 +42,8 @@ WORK_SIDE = 512
 UNKNOWN, PNG, JPEG, BMP, GIF = 0, 1, 2, 3, 4
 FORMATS = ["not a picture", "PNG", "JPEG", "BMP", "GIF"]
 _HEAD = 32  # header bytes read for the format and the size
-# Where a JPEG's EXIF orientation is looked for: phones and cameras put the Exif segment
-# first, or second after JFIF's; its first directory holds some ten to twenty entries.
+# Where a JPEG's EXIF orientation is looked for, bounded so that the work per picture is
+# fixed: the Exif standard puts its segment first, and JFIF files put it second.
 EXIF_WINDOW = 2**16
 EXIF_SEGMENTS = 4
 EXIF_ENTRIES = 64
